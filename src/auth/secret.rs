@@ -1,0 +1,90 @@
+//! Signing secrets: where they come from and how they are spelled.
+
+use base64::Engine;
+
+/// A value starting with `base64:` is base64-decoded; anything else is used
+/// as raw bytes.
+pub fn decode_secret(value: &str) -> Result<Vec<u8>, String> {
+    match value.strip_prefix("base64:") {
+        Some(encoded) => {
+            let encoded = encoded.trim();
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded))
+                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded))
+                .map_err(|_| "secret starts with 'base64:' but is not valid base64".to_owned())
+        }
+        None => Ok(value.as_bytes().to_vec()),
+    }
+}
+
+/// The verification secrets of one server: the current one and, during a
+/// rotation, the previous one.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    current: Vec<u8>,
+    previous: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
+}
+
+impl Secrets {
+    pub fn new(current: Vec<u8>, previous: Option<Vec<u8>>) -> Self {
+        Secrets { current, previous }
+    }
+
+    /// Reads the first set variable of `names` as the current secret and
+    /// `previous` (when set) as the previous one.
+    pub fn from_env(names: &[&str], previous: &str) -> Result<Self, String> {
+        let (name, value) = names
+            .iter()
+            .find_map(|n| {
+                std::env::var(n)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (*n, v))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "no JWT secret: set {} (a value starting with 'base64:' is decoded)",
+                    names.join(" or ")
+                )
+            })?;
+        let current = decode_secret(&value).map_err(|e| format!("{name}: {e}"))?;
+        if current.is_empty() {
+            return Err(format!("{name} is empty"));
+        }
+        let previous = match std::env::var(previous) {
+            Ok(v) if !v.is_empty() => {
+                Some(decode_secret(&v).map_err(|e| format!("{previous}: {e}"))?)
+            }
+            _ => None,
+        };
+        Ok(Secrets { current, previous })
+    }
+
+    pub fn current(&self) -> &[u8] {
+        &self.current
+    }
+
+    /// Every secret a token may be signed with, current first.
+    pub fn all(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.current.as_slice()).chain(self.previous.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_prefix() {
+        assert_eq!(decode_secret("base64:aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_secret("hello").unwrap(), b"hello");
+        assert!(decode_secret("base64:!!").is_err());
+    }
+}

@@ -1,0 +1,416 @@
+//! The `Broker` over a remote Events API (`POST /api/v1/events`,
+//! `GET /api/v1/events/stream`), with the client semantics of
+//! `spec/events-api.md`: listener retry with bounded exponential backoff,
+//! 401/403 failing fast, readiness while a required listener is down,
+//! bounded publish retries, token refresh from the token file.
+
+use super::listener::{ListenerGuard, ListenerHealth};
+use super::{Broker, BrokerError, Delivery, Event, EventStream, SubscribeSpec};
+use crate::contract::{Envelope, ErrorBody, Publication};
+use crate::credentials::{Token, TokenSource};
+use crate::parse::{env_bool, env_duration};
+use bytes::{Buf, BytesMut};
+use futures::future::LocalBoxFuture;
+use futures::StreamExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Longest NDJSON line accepted from a stream (payload limit plus room).
+const MAX_LINE: usize = 4 << 20;
+
+/// Bounded exponential backoff between listener reconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// Settings of an [`HttpBroker`].
+#[derive(Debug, Clone)]
+pub struct HttpBrokerConfig {
+    /// `.../api/v1/events`.
+    pub endpoint: String,
+    pub token: TokenSource,
+    /// Read the token source again before each reconnect
+    /// (`BUS_EVENTS_TOKEN_REFRESH`).
+    pub refresh_token: bool,
+    /// Reconnect after EOF or network failure (`BUS_EVENTS_LISTENER_RETRY`).
+    pub retry: Option<Backoff>,
+    /// `/readyz` fails while a listener is down
+    /// (`BUS_EVENTS_LISTENER_REQUIRED`).
+    pub required: bool,
+    /// Attempts per publish (the same envelope each time).
+    pub publish_attempts: u32,
+    /// Time allowed for a publish or for a stream's response head.
+    pub request_timeout: Duration,
+    /// A stream silent for this long (not even a heartbeat) is dead.
+    pub idle_timeout: Duration,
+}
+
+/// Turns `http://host:port` or `http://host:port/api/v1/events` into the
+/// events endpoint.
+pub fn events_endpoint(url: &str) -> Result<String, String> {
+    let url = url.trim().trim_end_matches('/');
+    if url.starts_with("nats://") {
+        return Err("nats:// URLs select the NATS backend, which this build does not include yet; use the Events API's http:// URL".into());
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "events URL {url:?} must start with http:// (e.g. http://127.0.0.1:8081)"
+        ));
+    }
+    if url.ends_with("/api/v1/events") {
+        Ok(url.to_owned())
+    } else {
+        Ok(format!("{url}/api/v1/events"))
+    }
+}
+
+impl HttpBrokerConfig {
+    /// The spec's defaults and environment variables for `url`.
+    pub fn from_env(url: &str, token: TokenSource) -> Result<Self, String> {
+        let retry = if env_bool("BUS_EVENTS_LISTENER_RETRY")? {
+            let min = env_duration("BUS_EVENTS_LISTENER_RETRY_MIN", Duration::from_secs(1))?;
+            let max = env_duration("BUS_EVENTS_LISTENER_RETRY_MAX", Duration::from_secs(30))?;
+            Some(Backoff {
+                min: min.max(Duration::from_millis(10)),
+                max: max.max(min),
+            })
+        } else {
+            None
+        };
+        Ok(HttpBrokerConfig {
+            endpoint: events_endpoint(url)?,
+            token,
+            refresh_token: env_bool("BUS_EVENTS_TOKEN_REFRESH")?,
+            retry,
+            required: env_bool("BUS_EVENTS_LISTENER_REQUIRED")?,
+            publish_attempts: 3,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        })
+    }
+}
+
+thread_local! {
+    // awc's client is not Send: one per thread (arbiter).
+    static CLIENT: awc::Client = awc::Client::builder()
+        .disable_timeout()
+        .finish();
+}
+
+fn client() -> awc::Client {
+    CLIENT.with(|c| c.clone())
+}
+
+/// A broker handle talking to a remote Events API.
+#[derive(Clone)]
+pub struct HttpBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: HttpBrokerConfig,
+    token: Mutex<Token>,
+    health: Arc<ListenerHealth>,
+}
+
+impl HttpBroker {
+    pub fn new(config: HttpBrokerConfig) -> Result<Self, String> {
+        let token = config.token.load()?;
+        Ok(HttpBroker {
+            inner: Arc::new(Inner {
+                config,
+                token: Mutex::new(token),
+                health: ListenerHealth::new(),
+            }),
+        })
+    }
+
+    pub fn health(&self) -> &Arc<ListenerHealth> {
+        &self.inner.health
+    }
+}
+
+impl Inner {
+    fn token(&self) -> Token {
+        self.token.lock().expect("token lock").clone()
+    }
+
+    fn refresh(&self) {
+        if !self.config.refresh_token {
+            return;
+        }
+        match self.config.token.load() {
+            Ok(t) => *self.token.lock().expect("token lock") = t,
+            Err(e) => {
+                tracing::warn!(error = %e, "token refresh failed; keeping the previous token")
+            }
+        }
+    }
+
+    async fn publish_once(&self, body: &Publication) -> Result<String, BrokerError> {
+        let mut resp = client()
+            .post(&self.config.endpoint)
+            .bearer_auth(self.token().expose())
+            .timeout(self.config.request_timeout)
+            .send_json(body)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("POST {}: {e}", self.config.endpoint)))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body()
+            .limit(1 << 20)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("reading publish reply: {e}")))?;
+        if status == 202 || status == 200 {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Ok(v["id"].as_str().unwrap_or_default().to_owned());
+        }
+        Err(status_error(status, &bytes))
+    }
+
+    async fn connect(&self, spec: &SubscribeSpec, replay: bool) -> Result<Body, BrokerError> {
+        let group = match &spec.delivery {
+            Delivery::Broadcast => "default",
+            Delivery::Unicast { group } => group.as_str(),
+        };
+        let query = [
+            ("name", spec.name.as_str()),
+            ("delivery", spec.delivery.as_str()),
+            ("group", group),
+            ("consumer", spec.consumer.as_str()),
+            ("replay", if replay { "true" } else { "false" }),
+            ("follow", if spec.follow { "true" } else { "false" }),
+        ];
+        let url = format!("{}/stream", self.config.endpoint);
+        let req = client()
+            .get(&url)
+            .bearer_auth(self.token().expose())
+            .timeout(self.config.request_timeout)
+            .query(&query)
+            .map_err(|e| BrokerError::BadRequest(format!("bad stream query: {e}")))?;
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("GET {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            return Ok(resp.boxed_local());
+        }
+        let bytes = resp.body().limit(1 << 16).await.unwrap_or_default();
+        Err(status_error(status, &bytes))
+    }
+}
+
+/// Maps an Events API error status (and its `{"error":{...}}` body) to a
+/// broker error.
+fn status_error(status: u16, body: &[u8]) -> BrokerError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error.message)
+        .unwrap_or_else(|_| format!("HTTP {status}"));
+    match status {
+        401 => BrokerError::Auth(message),
+        403 => BrokerError::Forbidden(message),
+        400 | 404 => BrokerError::BadRequest(message),
+        413 => BrokerError::TooLarge(message),
+        _ => BrokerError::Unavailable(message),
+    }
+}
+
+/// A stream response's body.
+type Body =
+    futures::stream::LocalBoxStream<'static, Result<bytes::Bytes, awc::error::PayloadError>>;
+
+/// The state of one HTTP subscription between polls.
+struct StreamState {
+    inner: Arc<Inner>,
+    spec: SubscribeSpec,
+    guard: ListenerGuard,
+    response: Option<Body>,
+    buf: BytesMut,
+    backoff: Duration,
+    done: bool,
+}
+
+impl StreamState {
+    /// The next complete, non-empty line in the buffer, parsed.
+    fn next_buffered(&mut self) -> Option<Result<Arc<Event>, BrokerError>> {
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let line = self.buf.split_to(pos + 1);
+            let line = line.strip_suffix(b"\n").unwrap_or(&line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue; // heartbeat
+            }
+            match serde_json::from_slice::<Envelope>(line) {
+                Ok(env) => return Some(Ok(Event::new(env))),
+                Err(e) => {
+                    tracing::warn!(event = %self.spec.name, error = %e, "skipping a malformed line on the events stream")
+                }
+            }
+        }
+        None
+    }
+
+    /// Reads until an event, the end, or a failure.
+    async fn next(mut self) -> Option<(Result<Arc<Event>, BrokerError>, Self)> {
+        loop {
+            if let Some(item) = self.next_buffered() {
+                return Some((item, self));
+            }
+            if self.done {
+                return None;
+            }
+            let Some(mut resp) = self.response.take() else {
+                // Disconnected: reconnect (replay only ever on the first
+                // connection, or it would repeat events).
+                actix_rt::time::sleep(self.backoff).await;
+                self.inner.refresh();
+                match self.inner.connect(&self.spec, false).await {
+                    Ok(resp) => {
+                        tracing::info!(event = %self.spec.name, "events stream reconnected");
+                        self.guard.set_connected(true);
+                        self.response = Some(resp);
+                        self.backoff = self.inner.config.retry.map(|r| r.min).unwrap_or_default();
+                    }
+                    Err(e) if e.is_fatal() => {
+                        self.done = true;
+                        return Some((Err(e), self));
+                    }
+                    Err(e) => {
+                        let max = self.inner.config.retry.map(|r| r.max).unwrap_or_default();
+                        tracing::warn!(event = %self.spec.name, error = %e, retry_in = ?self.backoff, "events stream reconnect failed");
+                        self.backoff = (self.backoff * 2).min(max);
+                    }
+                }
+                continue;
+            };
+            let idle = self.inner.config.idle_timeout;
+            let ended = match actix_rt::time::timeout(idle, resp.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    self.buf.extend_from_slice(chunk.chunk());
+                    if self.buf.len() > MAX_LINE {
+                        Some(format!("a line longer than {MAX_LINE} bytes"))
+                    } else {
+                        self.response = Some(resp);
+                        None
+                    }
+                }
+                Ok(Some(Err(e))) => Some(format!("read failed: {e}")),
+                Ok(None) => Some("the server closed the stream".to_owned()),
+                Err(_) => Some(format!("no data or heartbeat for {idle:?}")),
+            };
+            let Some(reason) = ended else { continue };
+            self.buf.clear();
+            self.guard.set_connected(false);
+            if !self.spec.follow && reason.contains("closed") {
+                self.done = true;
+                continue;
+            }
+            if self.inner.config.retry.is_none() {
+                self.done = true;
+                return Some((Err(BrokerError::Closed(reason)), self));
+            }
+            tracing::warn!(event = %self.spec.name, reason = %reason, "events stream lost; reconnecting");
+        }
+    }
+}
+
+impl Broker for HttpBroker {
+    fn publish(&self, envelope: Envelope) -> LocalBoxFuture<'static, Result<String, BrokerError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let body = Publication {
+                name: envelope.name,
+                correlation_id: envelope.correlation_id,
+                payload: envelope.payload,
+            };
+            let attempts = inner.config.publish_attempts.max(1);
+            let mut delay = Duration::from_millis(100);
+            let mut attempt = 1;
+            loop {
+                match inner.publish_once(&body).await {
+                    Ok(id) => return Ok(id),
+                    Err(BrokerError::Unavailable(e)) if attempt < attempts => {
+                        tracing::debug!(error = %e, attempt, "publish failed; retrying");
+                        actix_rt::time::sleep(delay).await;
+                        delay *= 2;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+
+    fn subscribe(
+        &self,
+        spec: SubscribeSpec,
+    ) -> LocalBoxFuture<'static, Result<EventStream, BrokerError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let guard = inner.health.register(&spec.name);
+            let backoff = inner.config.retry.map(|r| r.min).unwrap_or_default();
+            let response = match inner.connect(&spec, spec.replay).await {
+                Ok(resp) => {
+                    guard.set_connected(true);
+                    Some(resp)
+                }
+                Err(e) if e.is_fatal() || inner.config.retry.is_none() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(event = %spec.name, error = %e, "events stream not connected yet; retrying");
+                    None
+                }
+            };
+            let state = StreamState {
+                inner,
+                spec,
+                guard,
+                response,
+                buf: BytesMut::new(),
+                backoff,
+                done: false,
+            };
+            let stream: EventStream =
+                futures::stream::unfold(state, StreamState::next).boxed_local();
+            Ok(stream)
+        })
+    }
+
+    fn ready(&self) -> Result<(), BrokerError> {
+        if !self.inner.config.required {
+            return Ok(());
+        }
+        let down = self.inner.health.down();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable(format!(
+                "events listener not connected: {}",
+                down.join(", ")
+            )))
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::events_endpoint;
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(
+            events_endpoint("http://127.0.0.1:8081").unwrap(),
+            "http://127.0.0.1:8081/api/v1/events"
+        );
+        assert_eq!(
+            events_endpoint("http://h:1/api/v1/events/").unwrap(),
+            "http://h:1/api/v1/events"
+        );
+        assert!(events_endpoint("ftp://x").is_err());
+    }
+}

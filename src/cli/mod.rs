@@ -1,0 +1,190 @@
+//! The `bus` command line: BusDK's command names, one binary. Invoked as
+//! `bus-<group>-<name>` (a link), it behaves as `bus <group> <name>`.
+
+mod events;
+mod serve_events;
+mod token;
+
+use crate::telemetry::LogFormat;
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// Exit code for usage errors (bad flags, a token on the command line).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bus",
+    version,
+    about = "BusDK container runs: events bus, router, workers, REST API and client",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// API servers.
+    #[command(name = "api-provider", subcommand)]
+    ApiProvider(ApiProviderCommand),
+    /// Publish to and listen on the Events API.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Operator tools.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Measure this machine: figures beside baselines taken in the same run.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiProviderCommand {
+    /// The Events API server (the bus).
+    Events(serve_events::EventsServerArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Mint tokens.
+    Token(token::TokenArgs),
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::error(e.to_string())
+    }
+}
+
+/// `bus-api-provider-events ARGS` → `bus api-provider events ARGS`.
+pub fn expand_argv0(args: Vec<OsString>) -> Vec<OsString> {
+    let Some(first) = args.first() else {
+        return args;
+    };
+    let base = std::path::Path::new(first)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("bus")
+        .to_owned();
+    let Some(rest) = base.strip_prefix("bus-") else {
+        return args;
+    };
+    let mut words: Vec<OsString> = vec!["bus".into()];
+    if let Some(name) = rest.strip_prefix("api-provider-") {
+        words.extend(["api-provider".into(), name.into()]);
+    } else if let Some((group, name)) = rest.split_once('-') {
+        words.extend([group.into(), name.into()]);
+    } else {
+        words.push(rest.into());
+    }
+    words.extend(args.into_iter().skip(1));
+    words
+}
+
+/// Refuses a literal token given on the command line.
+pub fn refuse_literal_token(given: &Option<String>) -> Result<(), Failure> {
+    if given.is_some() {
+        return Err(Failure::usage(format!(
+            "tokens are not accepted on the command line (they leak through the process list and shell history); use --token-file FILE, the BUS_API_TOKEN environment variable, or the file {}",
+            crate::credentials::api_token_file().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let args = expand_argv0(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("bus: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let quiet_default = matches!(
+        cli.command,
+        Command::Events(_) | Command::Operator(_) | Command::Bench(_)
+    );
+    crate::telemetry::init(cli.log_format, if quiet_default { "warn" } else { "info" });
+    match cli.command {
+        Command::ApiProvider(ApiProviderCommand::Events(args)) => serve_events::run(args),
+        Command::Events(cmd) => events::run(cmd),
+        Command::Operator(OperatorCommand::Token(args)) => token::run(args),
+        Command::Bench(cmd) => crate::bench::run(cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_argv0;
+
+    fn expand(words: &[&str]) -> Vec<String> {
+        expand_argv0(words.iter().map(|w| w.into()).collect())
+            .into_iter()
+            .map(|w| w.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn argv0_links() {
+        assert_eq!(expand(&["/usr/bin/bus", "x"]), ["/usr/bin/bus", "x"]);
+        assert_eq!(
+            expand(&["/usr/local/bin/bus-api-provider-events", "--addr", "a"]),
+            ["bus", "api-provider", "events", "--addr", "a"]
+        );
+        assert_eq!(
+            expand(&["bus-operator-token", "issue"]),
+            ["bus", "operator", "token", "issue"]
+        );
+        assert_eq!(
+            expand(&["bus-containers", "status"]),
+            ["bus", "containers", "status"]
+        );
+        assert_eq!(
+            expand(&["bus-integration-docker"]),
+            ["bus", "integration", "docker"]
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! `bus api-provider events`: the Events API server.
+
+use super::Failure;
+use crate::auth::{Acl, Secrets, Verifier, AUDIENCE_API};
+use crate::broker::memory::{HubConfig, MemoryBroker};
+use crate::broker::SharedBroker;
+use crate::http::events::{EventsApi, MAX_PAYLOAD};
+use crate::http::probes::Probes;
+use crate::http::server;
+use crate::metrics::{BusMetrics, Metrics};
+use crate::parse::parse_duration;
+use clap::{Args, ValueEnum};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum EventsBackend {
+    /// The embedded in-memory broker.
+    #[default]
+    Memory,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsServerArgs {
+    /// Listen address.
+    #[arg(long, env = "BUS_EVENTS_ADDR", default_value = "127.0.0.1:8081")]
+    pub addr: String,
+    /// Broker backend.
+    #[arg(long, value_enum, default_value_t)]
+    pub events_backend: EventsBackend,
+    /// More name prefixes that need container:admin (repeatable).
+    #[arg(long = "protected-prefix")]
+    pub protected_prefix: Vec<String>,
+    /// Heartbeat interval on streams (Go duration).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Largest publish body in bytes.
+    #[arg(long, default_value_t = MAX_PAYLOAD)]
+    pub max_payload_bytes: usize,
+    /// Events kept per name for replay.
+    #[arg(long, default_value_t = HubConfig::default().replay_per_name)]
+    pub replay_window: usize,
+    /// Events queued per subscriber before it is cut off as too slow.
+    #[arg(long, default_value_t = HubConfig::default().queue_capacity)]
+    pub queue_capacity: usize,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+pub fn run(args: EventsServerArgs) -> Result<(), Failure> {
+    let secrets = Secrets::from_env(
+        &["BUS_API_JWT_SECRET", "BUS_EVENTS_JWT_SECRET"],
+        "BUS_API_JWT_SECRET_PREVIOUS",
+    )
+    .map_err(Failure::usage)?;
+    if args.heartbeat.is_zero() {
+        return Err(Failure::usage("--heartbeat must be greater than zero"));
+    }
+    let listener = server::listen(&args.addr)?;
+    let addr = server::local_addr(&listener);
+    actix_rt::System::new().block_on(async move {
+        let metrics = Metrics::new();
+        let hub = HubConfig {
+            queue_capacity: args.queue_capacity.max(1),
+            replay_per_name: args.replay_window,
+            ..HubConfig::default()
+        };
+        let broker: SharedBroker =
+            Arc::new(MemoryBroker::start(hub, BusMetrics::register(&metrics)));
+        let ready_broker = broker.clone();
+        let probes = Probes {
+            ready: Arc::new(move || ready_broker.ready().map_err(|e| e.to_string())),
+            metrics,
+        };
+        let api = EventsApi {
+            broker,
+            verifier: Verifier::new(&secrets, AUDIENCE_API),
+            acl: Acl::new(&args.protected_prefix),
+            heartbeat: args.heartbeat,
+            max_payload: args.max_payload_bytes,
+        };
+        let workers = args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+        let server = server::start_events(listener, api, probes, workers)?;
+        tracing::info!(%addr, backend = "memory", "events API listening");
+        server.await.map_err(Failure::from)
+    })
+}

@@ -1,0 +1,122 @@
+//! The Events API (`spec/events-api.md`): `POST /api/v1/events` and the
+//! NDJSON stream `GET /api/v1/events/stream`.
+
+use super::body::{parse_json, query_bool, query_map, read_limited};
+use super::ApiError;
+use crate::auth::{Acl, Identity, Verifier};
+use crate::broker::{Delivery, SharedBroker, SubscribeSpec};
+use crate::contract::{validate_name, Envelope, Publication};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::time::Duration;
+
+/// Default heartbeat interval on streams.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Default body limit of a publish (the payload limit).
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// What the Events API needs.
+#[derive(Clone)]
+pub struct EventsApi {
+    pub broker: SharedBroker,
+    pub verifier: Verifier,
+    pub acl: Acl,
+    pub heartbeat: Duration,
+    pub max_payload: usize,
+}
+
+/// Verifies the bearer token of `req`.
+pub fn bearer_identity(req: &HttpRequest, verifier: &Verifier) -> Result<Identity, ApiError> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    Ok(verifier.verify_header(header)?)
+}
+
+async fn publish(
+    req: HttpRequest,
+    payload: web::Payload,
+    api: web::Data<EventsApi>,
+) -> Result<HttpResponse, ApiError> {
+    let who = bearer_identity(&req, &api.verifier)?;
+    let body = read_limited(&req, payload, api.max_payload).await?;
+    let publication: Publication = parse_json(&body)?;
+    validate_name(&publication.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    api.acl
+        .may_publish(&who, &publication.name)
+        .map_err(ApiError::forbidden)?;
+    let envelope = Envelope::stamp(publication, &who.sub, who.is_service());
+    let name = envelope.name.clone();
+    let id = api.broker.publish(envelope).await?;
+    Ok(
+        HttpResponse::Accepted()
+            .json(serde_json::json!({"accepted": true, "id": id, "name": name})),
+    )
+}
+
+async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpResponse, ApiError> {
+    let who = bearer_identity(&req, &api.verifier)?;
+    let query = query_map(&req)?;
+    let name = query
+        .get("name")
+        .ok_or_else(|| ApiError::bad_request("query parameter name is required"))?
+        .clone();
+    validate_name(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    api.acl
+        .may_listen(&who, &name)
+        .map_err(ApiError::forbidden)?;
+    let group = query
+        .get("group")
+        .cloned()
+        .unwrap_or_else(|| "default".into());
+    let delivery = match query.get("delivery").map(String::as_str) {
+        None | Some("broadcast") => Delivery::Broadcast,
+        Some("unicast") => Delivery::Unicast { group },
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "delivery must be broadcast or unicast, not {other:?}"
+            )))
+        }
+    };
+    let spec = SubscribeSpec {
+        identity: (!api.acl.sees_all_identities(&who, &name)).then(|| who.sub.clone()),
+        consumer: query
+            .get("consumer")
+            .cloned()
+            .unwrap_or_else(|| "default".into()),
+        replay: query_bool(&query, "replay", false)?,
+        follow: query_bool(&query, "follow", true)?,
+        delivery,
+        name,
+    };
+    let events = api.broker.subscribe(spec).await?;
+    let start = actix_rt::time::Instant::now() + api.heartbeat;
+    let ticks = actix_rt::time::interval_at(start, api.heartbeat);
+    let body = futures::stream::unfold((events, ticks), |(mut events, mut ticks)| async move {
+        tokio::select! {
+            item = events.next() => match item {
+                Some(Ok(event)) => Some((Ok::<Bytes, std::io::Error>(event.line().clone()), (events, ticks))),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "events stream ended");
+                    None
+                }
+                None => None,
+            },
+            _ = ticks.tick() => Some((Ok(Bytes::from_static(b"\n")), (events, ticks))),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+/// Mounts the Events API routes.
+pub fn configure(cfg: &mut web::ServiceConfig, api: EventsApi) {
+    cfg.app_data(web::Data::new(api))
+        .route("/api/v1/events", web::post().to(publish))
+        .route("/api/v1/events/stream", web::get().to(stream));
+}

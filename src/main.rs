@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    bus_containers::cli::main()
+}

@@ -1,0 +1,10 @@
+//! Black-box tests: real HTTP servers on 127.0.0.1:0, the real `bus`
+//! binary, real Docker and NATS where a test says so. One test binary
+//! keeps the build lean; each file is one area.
+
+mod support;
+
+mod broker_conformance;
+mod cli_events;
+mod events_api;
+mod memory_broker;
