@@ -5,10 +5,36 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
 
-/// Binds `addr` (e.g. `127.0.0.1:0` in tests).
+/// Binds `addr` (e.g. `127.0.0.1:0` in tests) with `SO_REUSEADDR`, so a
+/// restarted server gets its port back while old connections linger.
 pub fn listen(addr: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let fail =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    let sock_addr: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(_) => {
+            use std::net::ToSocketAddrs;
+            addr.to_socket_addrs()
+                .map_err(fail)?
+                .next()
+                .ok_or_else(|| {
+                    fail(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "no address",
+                    ))
+                })?
+        }
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(sock_addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.bind(&sock_addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    Ok(socket.into())
 }
 
 /// The address a listener got.

@@ -7,4 +7,5 @@ mod support;
 mod broker_conformance;
 mod cli_events;
 mod events_api;
+mod http_listener;
 mod memory_broker;

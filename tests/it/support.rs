@@ -70,12 +70,17 @@ impl EventsServer {
     }
 
     pub async fn start_with(opts: EventsOpts) -> Self {
+        Self::start_at("127.0.0.1:0", opts).await
+    }
+
+    /// Starts on a given address (to restart a server on its old port).
+    pub async fn start_at(addr: &str, opts: EventsOpts) -> Self {
         let metrics = Metrics::new();
         let broker: SharedBroker = Arc::new(MemoryBroker::start(
             opts.hub.clone(),
             BusMetrics::register(&metrics),
         ));
-        let listener = server::listen("127.0.0.1:0").unwrap();
+        let listener = server::listen(addr).unwrap();
         let addr = server::local_addr(&listener);
         let api = EventsApi {
             broker,
@@ -117,6 +122,24 @@ impl EventsServer {
         .unwrap();
         config.retry = None;
         config.required = false;
+        HttpBroker::new(config).unwrap()
+    }
+
+    /// An HTTP broker client with listener retry and readiness required.
+    pub fn retrying_client(&self, token: &str) -> HttpBroker {
+        let mut config = HttpBrokerConfig::from_env(
+            &format!("http://{}", self.addr),
+            TokenSource::Env {
+                var: "test".into(),
+                token: Token::new(token),
+            },
+        )
+        .unwrap();
+        config.retry = Some(bus_containers::broker::http::Backoff {
+            min: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+        });
+        config.required = true;
         HttpBroker::new(config).unwrap()
     }
 
