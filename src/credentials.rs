@@ -133,3 +133,15 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+/// The `sub` claim of a token, read without verifying it: a process uses
+/// it only to know its own name on the bus, never to trust anything.
+pub fn token_subject(token: &Token) -> Option<String> {
+    use base64::Engine;
+    let payload = token.expose().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("sub")?.as_str().map(str::to_owned)
+}

@@ -1,23 +1,29 @@
 //! bus-containers: BusDK's provider-neutral container runs.
 //!
 //! - [`contract`]: wire types (envelope, event names, error bodies)
+//! - [`containers`]: the container-events contract (kinds, owners, replies)
+//! - [`request`]: request/reply over the bus (publish + correlation waiter)
 //! - [`parse`]: Go-syntax durations and loose booleans for flags and env
 //! - [`auth`]: HS256 JWT verification, scopes, the event-name ACL, minting
 //! - [`credentials`]: where clients find their token; secret files
 //! - [`broker`]: the `Broker` seam and its memory and HTTP backends
 //! - [`metrics`]: Prometheus registry of a process
 //! - [`http`]: actix-web apps (Events API, probes) and their errors
+//! - [`actors`]: subscriptions, waiters, the router and the workers
 //! - [`telemetry`]: logging setup
 //! - [`cli`]: the `bus` command line
 //! - [`bench`]: `bus bench`, measured figures against baselines
 
+pub mod actors;
 pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod containers;
 pub mod contract;
 pub mod credentials;
 pub mod http;
 pub mod metrics;
 pub mod parse;
+pub mod request;
 pub mod telemetry;

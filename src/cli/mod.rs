@@ -2,6 +2,8 @@
 //! `bus-<group>-<name>` (a link), it behaves as `bus <group> <name>`.
 
 mod events;
+mod integration;
+mod process;
 mod serve_events;
 mod token;
 
@@ -33,6 +35,9 @@ pub enum Command {
     /// API servers.
     #[command(name = "api-provider", subcommand)]
     ApiProvider(ApiProviderCommand),
+    /// Integrations on the bus: the router.
+    #[command(subcommand)]
+    Integration(IntegrationCommand),
     /// Publish to and listen on the Events API.
     #[command(subcommand)]
     Events(events::EventsCommand),
@@ -48,6 +53,12 @@ pub enum Command {
 pub enum ApiProviderCommand {
     /// The Events API server (the bus).
     Events(serve_events::EventsServerArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegrationCommand {
+    /// The router: public bus.containers.* requests to a backend prefix.
+    Containers(integration::RouterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +162,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::ApiProvider(ApiProviderCommand::Events(args)) => serve_events::run(args),
         Command::Events(cmd) => events::run(cmd),
+        Command::Integration(IntegrationCommand::Containers(args)) => integration::run_router(args),
         Command::Operator(OperatorCommand::Token(args)) => token::run(args),
         Command::Bench(cmd) => crate::bench::run(cmd),
     }

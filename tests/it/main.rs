@@ -9,3 +9,5 @@ mod cli_events;
 mod events_api;
 mod http_listener;
 mod memory_broker;
+mod router;
+mod router_processes;

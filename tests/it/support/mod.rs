@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mock_worker;
+
 use bus_containers::auth::{issue_token, Acl, IssueRequest, Secrets, Verifier, AUDIENCE_API};
 use bus_containers::broker::http::{HttpBroker, HttpBrokerConfig};
 use bus_containers::broker::memory::{HubConfig, MemoryBroker};
@@ -274,4 +276,32 @@ impl Process {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// A memory broker (its own hub) for in-process tests.
+pub fn memory_broker() -> (SharedBroker, Metrics) {
+    let metrics = Metrics::new();
+    let broker: SharedBroker = Arc::new(MemoryBroker::start(
+        HubConfig::default(),
+        BusMetrics::register(&metrics),
+    ));
+    (broker, metrics)
+}
+
+/// A requester speaking as `sub` (a service unless `service` is false).
+pub fn requester(
+    broker: &SharedBroker,
+    sub: &str,
+    service: bool,
+) -> bus_containers::request::Requester {
+    use bus_containers::actors::dispatcher::ReplyMetrics;
+    use bus_containers::request::{BusIdentity, Requester};
+    Requester::new(
+        broker.clone(),
+        BusIdentity {
+            sub: sub.into(),
+            service,
+        },
+        ReplyMetrics::register(&Metrics::new(), "test"),
+    )
 }

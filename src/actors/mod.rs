@@ -1,0 +1,17 @@
+//! The actors that sit on the broker. Each owns one thing:
+//!
+//! - [`subscription::Subscription`]: one (name, delivery, group) stream,
+//!   resubscribing with backoff when it ends
+//! - [`waiter::CorrelationWaiter`]: one pending request and its deadline
+//! - [`dispatcher::ReplyDispatcher`]: routes replies to waiters by
+//!   correlation id; counts late and duplicate replies
+//! - [`router::Router`]: public `bus.containers.*` requests → a backend prefix
+//!
+//! Peers are held as `Recipient<M>` where a test may put a mock in the seat.
+
+pub mod dispatcher;
+pub mod router;
+pub mod subscription;
+pub mod waiter;
+
+pub use subscription::{Delivered, Subscription};

@@ -1,0 +1,145 @@
+//! `Subscription`: one broker stream feeding one recipient.
+//!
+//! When the stream ends (a memory subscriber cut off as too slow, an HTTP
+//! stream lost without listener retry) the actor subscribes again with a
+//! bounded exponential backoff; auth failures stop it. Delivery to the
+//! recipient is backpressured: when its mailbox is full the stream is not
+//! polled until there is room.
+
+use crate::broker::{BrokerError, Event, SharedBroker, SubscribeSpec};
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// One event from a subscription.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Delivered(pub Arc<Event>);
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The actor owning one subscription.
+pub struct Subscription {
+    broker: SharedBroker,
+    spec: SubscribeSpec,
+    target: Recipient<Delivered>,
+    backoff: Duration,
+    first: Option<oneshot::Sender<Result<(), BrokerError>>>,
+}
+
+impl Subscription {
+    /// Starts a subscription on the current arbiter and waits until its
+    /// first subscribe call has answered, so nothing published after this
+    /// returns can be missed.
+    pub async fn start(
+        broker: SharedBroker,
+        spec: SubscribeSpec,
+        target: Recipient<Delivered>,
+    ) -> Result<Addr<Subscription>, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        let addr = Subscription {
+            broker,
+            spec,
+            target,
+            backoff: MIN_BACKOFF,
+            first: Some(tx),
+        }
+        .start();
+        match rx.await {
+            Ok(Ok(())) => Ok(addr),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BrokerError::Unavailable("subscription stopped".into())),
+        }
+    }
+
+    fn subscribe(&mut self, ctx: &mut Context<Self>) {
+        let fut = self.broker.subscribe(self.spec.clone());
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(stream) => {
+                if let Some(tx) = act.first.take() {
+                    let _ = tx.send(Ok(()));
+                } else {
+                    tracing::info!(event = %act.spec.name, "resubscribed");
+                }
+                act.backoff = MIN_BACKOFF;
+                ctx.add_stream(stream);
+            }
+            Err(e) if e.is_fatal() || act.first.is_some() => {
+                tracing::error!(event = %act.spec.name, error = %e, "subscription failed");
+                if let Some(tx) = act.first.take() {
+                    let _ = tx.send(Err(e));
+                }
+                ctx.stop();
+            }
+            Err(e) => {
+                tracing::warn!(event = %act.spec.name, error = %e, retry_in = ?act.backoff, "resubscribe failed");
+                act.retry_later(ctx);
+            }
+        }));
+    }
+
+    fn retry_later(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        ctx.run_later(delay, |act, ctx| act.subscribe(ctx));
+    }
+}
+
+impl Actor for Subscription {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.subscribe(ctx);
+    }
+}
+
+impl StreamHandler<Result<Arc<Event>, BrokerError>> for Subscription {
+    fn handle(&mut self, item: Result<Arc<Event>, BrokerError>, ctx: &mut Self::Context) {
+        match item {
+            Ok(event) => match self.target.try_send(Delivered(event)) {
+                Ok(()) => {}
+                Err(SendError::Full(msg)) => {
+                    // Hold the stream until the recipient has room.
+                    ctx.wait(self.target.send(msg).into_actor(self).map(|_, _, _| ()));
+                }
+                Err(SendError::Closed(_)) => ctx.stop(),
+            },
+            Err(e) if e.is_fatal() => {
+                tracing::error!(event = %self.spec.name, error = %e, "subscription refused");
+                ctx.stop();
+            }
+            Err(e) => {
+                tracing::warn!(event = %self.spec.name, error = %e, "subscription interrupted")
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        if !self.target.connected() {
+            ctx.stop();
+            return;
+        }
+        if !self.spec.follow {
+            ctx.stop();
+            return;
+        }
+        tracing::warn!(event = %self.spec.name, "subscription ended; subscribing again");
+        // Replay only ever on the first subscription, or events repeat.
+        self.spec.replay = false;
+        self.retry_later(ctx);
+    }
+}
+
+/// Stops a subscription.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Subscription {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,73 @@
+//! A minimal worker for benchmarks: answers `<prefix>.run.request` at once
+//! with the static provider's reply and announces itself by heartbeat, so
+//! a measurement sees only the bus and the router.
+
+use crate::actors::subscription::{Delivered, Subscription};
+use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
+use crate::containers::{static_provider, Kind, WORKER_GROUP};
+use crate::contract::Publication;
+use crate::request::BusIdentity;
+use actix::prelude::*;
+use serde_json::json;
+use std::time::Duration;
+
+pub struct Responder {
+    broker: SharedBroker,
+    prefix: String,
+    me: BusIdentity,
+}
+
+impl Responder {
+    pub async fn start(broker: SharedBroker, prefix: &str) -> Result<Addr<Responder>, BrokerError> {
+        let addr = Responder {
+            broker: broker.clone(),
+            prefix: prefix.to_owned(),
+            me: BusIdentity::service("bench-worker"),
+        }
+        .start();
+        let spec = SubscribeSpec::unicast(Kind::Run.request(prefix), WORKER_GROUP);
+        Subscription::start(broker, spec, addr.clone().recipient()).await?;
+        Ok(addr)
+    }
+
+    fn heartbeat(&self) {
+        let payload = json!({"worker_id": "bench", "provider": "static", "state": "ready", "runs": 0, "capacity": 1000});
+        let env = self.me.envelope(Publication::new(
+            format!("{}.worker.heartbeat", self.prefix),
+            payload,
+        ));
+        let broker = self.broker.clone();
+        actix_rt::spawn(async move {
+            let _ = broker.publish(env).await;
+        });
+    }
+}
+
+impl Actor for Responder {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        self.heartbeat();
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.heartbeat());
+    }
+}
+
+impl Handler<Delivered> for Responder {
+    type Result = ();
+
+    fn handle(&mut self, Delivered(event): Delivered, ctx: &mut Self::Context) {
+        let owner = event.payload["owner_account_id"].as_str().unwrap_or("");
+        let reply = static_provider::answer(Kind::Run, &event.payload, owner, "bench");
+        let mut publication = Publication::new(Kind::Run.response(&self.prefix), reply);
+        publication.correlation_id = event.correlation_id.clone();
+        let env = self.me.envelope(publication);
+        let broker = self.broker.clone();
+        ctx.spawn(
+            async move {
+                let _ = broker.publish(env).await;
+            }
+            .into_actor(self),
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! What every long-running process shares: its connection to the bus, its
+//! optional probe server (`--addr`), and a graceful stop on SIGINT/SIGTERM.
+
+use super::Failure;
+use crate::broker::http::{HttpBroker, HttpBrokerConfig};
+use crate::broker::SharedBroker;
+use crate::credentials::{token_subject, TokenSource};
+use crate::http::probes::Probes;
+use crate::http::server;
+use crate::metrics::Metrics;
+use crate::request::BusIdentity;
+use clap::Args;
+use std::sync::Arc;
+
+/// Flags of a process that talks to a remote bus.
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// Events API origin or full `.../api/v1/events` URL.
+    #[arg(
+        long,
+        env = "BUS_EVENTS_API_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub events_url: String,
+    /// Serve /readyz, /healthz and /metrics on this address (off by default).
+    #[arg(long)]
+    pub addr: Option<String>,
+}
+
+/// A connection to the bus with this process's identity.
+pub struct BusConnection {
+    pub broker: SharedBroker,
+    pub identity: BusIdentity,
+}
+
+/// Connects to the Events API at `--events-url` with the process's token
+/// (`BUS_API_TOKEN`, then the api-token file).
+pub fn connect(args: &BusArgs) -> Result<BusConnection, Failure> {
+    let source = TokenSource::for_events_client().map_err(Failure::usage)?;
+    let token = source.load().map_err(Failure::usage)?;
+    let sub = token_subject(&token).ok_or_else(|| {
+        Failure::usage(format!("the token from {} is not a JWT", source.describe()))
+    })?;
+    let config = HttpBrokerConfig::from_env(&args.events_url, source).map_err(Failure::usage)?;
+    let broker = HttpBroker::new(config).map_err(Failure::error)?;
+    Ok(BusConnection {
+        broker: Arc::new(broker),
+        identity: BusIdentity::service(sub),
+    })
+}
+
+/// Starts the probe server when `--addr` is set; logs the bound address.
+pub fn serve_probes(
+    addr: Option<&str>,
+    broker: SharedBroker,
+    metrics: Metrics,
+    what: &str,
+) -> Result<(), Failure> {
+    let Some(addr) = addr else {
+        tracing::info!("{what} ready");
+        return Ok(());
+    };
+    let listener = server::listen(addr)?;
+    let bound = server::local_addr(&listener);
+    let probes = Probes {
+        ready: Arc::new(move || broker.ready().map_err(|e| e.to_string())),
+        metrics,
+    };
+    let srv = server::start_probes(listener, probes)?;
+    actix_rt::spawn(srv);
+    tracing::info!(addr = %bound, "{what} ready");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
+    }
+}

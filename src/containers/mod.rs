@@ -1,0 +1,148 @@
+//! The container-events contract (`spec/container-events.md`): the seven
+//! request kinds and their names, the effective-owner rule, reply
+//! validation and merging, and the static provider's answers.
+
+pub mod owner;
+pub mod replies;
+pub mod static_provider;
+
+use serde_json::{json, Value};
+
+use crate::contract::ErrorDetail;
+
+/// The public prefix the router serves.
+pub const PUBLIC_PREFIX: &str = "bus.containers";
+/// The unicast group routers share on public requests.
+pub const ROUTER_GROUP: &str = "router";
+/// The unicast group workers share on run requests.
+pub const WORKER_GROUP: &str = "workers";
+/// Default deadline of requests other than runs.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Added to a run's `timeout_seconds` for its reply deadline.
+pub const RUN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+/// A worker without a heartbeat for this long is gone.
+pub const WORKER_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+/// Workers publish a heartbeat this often.
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A request kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Run,
+    Input,
+    Delete,
+    Status,
+    RunnerStatus,
+    RunnerStart,
+    RunnerDelete,
+}
+
+/// How a kind reaches the workers of a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// Unicast: one worker runs it.
+    One,
+    /// Broadcast; only the worker holding the run answers.
+    Targeted,
+    /// Broadcast; every live worker answers and replies are merged.
+    Gathered,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 7] = [
+        Kind::Run,
+        Kind::Input,
+        Kind::Delete,
+        Kind::Status,
+        Kind::RunnerStatus,
+        Kind::RunnerStart,
+        Kind::RunnerDelete,
+    ];
+
+    /// The name segment between prefix and `.request`.
+    pub fn segment(self) -> &'static str {
+        match self {
+            Kind::Run => "run",
+            Kind::Input => "input",
+            Kind::Delete => "delete",
+            Kind::Status => "status",
+            Kind::RunnerStatus => "runner.status",
+            Kind::RunnerStart => "runner.start",
+            Kind::RunnerDelete => "runner.delete",
+        }
+    }
+
+    pub fn request(self, prefix: &str) -> String {
+        format!("{prefix}.{}.request", self.segment())
+    }
+
+    pub fn response(self, prefix: &str) -> String {
+        format!("{prefix}.{}.response", self.segment())
+    }
+
+    /// The kind of a request name under `prefix`.
+    pub fn of_request(prefix: &str, name: &str) -> Option<Kind> {
+        let seg = name
+            .strip_prefix(prefix)?
+            .strip_prefix('.')?
+            .strip_suffix(".request")?;
+        Kind::ALL.into_iter().find(|k| k.segment() == seg)
+    }
+
+    pub fn addressing(self) -> Addressing {
+        match self {
+            Kind::Run => Addressing::One,
+            Kind::Input | Kind::Delete => Addressing::Targeted,
+            Kind::Status | Kind::RunnerStatus | Kind::RunnerStart | Kind::RunnerDelete => {
+                Addressing::Gathered
+            }
+        }
+    }
+
+    /// Runner requests are operator requests, not an account's.
+    pub fn is_runner(self) -> bool {
+        matches!(
+            self,
+            Kind::RunnerStatus | Kind::RunnerStart | Kind::RunnerDelete
+        )
+    }
+}
+
+/// `{"error":{...}}` as a reply payload.
+pub fn error_payload(e: &ErrorDetail) -> Value {
+    json!({ "error": e })
+}
+
+/// The error of a reply payload, if it is an error reply.
+pub fn reply_error(payload: &Value) -> Option<ErrorDetail> {
+    payload
+        .get("error")
+        .and_then(|e| serde_json::from_value::<ErrorDetail>(e.clone()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(
+                Kind::of_request("bus.docker", &k.request("bus.docker")),
+                Some(k)
+            );
+        }
+        assert_eq!(
+            Kind::RunnerStatus.request("bus.containers"),
+            "bus.containers.runner.status.request"
+        );
+        assert_eq!(
+            Kind::of_request("bus.docker", "bus.docker.runner.request"),
+            None
+        );
+        assert_eq!(
+            Kind::of_request("bus.docker", "bus.dockerx.run.request"),
+            None
+        );
+    }
+}
