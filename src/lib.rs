@@ -1,15 +1,18 @@
 //! bus-containers: BusDK's provider-neutral container runs.
 //!
 //! - [`contract`]: wire types (envelope, event names, error bodies)
+//! - [`config`]: the `config.toml` file (worker limits, sandbox defaults, profiles)
 //! - [`containers`]: the container-events contract (kinds, owners, replies)
 //! - [`request`]: request/reply over the bus (publish + correlation waiter)
 //! - [`parse`]: Go-syntax durations and loose booleans for flags and env
 //! - [`auth`]: HS256 JWT verification, scopes, the event-name ACL, minting
 //! - [`credentials`]: where clients find their token; secret files
 //! - [`broker`]: the `Broker` seam and its memory and HTTP backends
+//! - [`runtime`]: the container-engine seam (bollard, and a fake for tests)
 //! - [`metrics`]: Prometheus registry of a process
 //! - [`http`]: actix-web apps (Events API, probes) and their errors
 //! - [`actors`]: subscriptions, waiters, the router and the workers
+//! - [`worker`]: run planning (profiles, images, hardening) and run results
 //! - [`telemetry`]: logging setup
 //! - [`cli`]: the `bus` command line
 //! - [`bench`]: `bus bench`, measured figures against baselines
@@ -19,6 +22,7 @@ pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod config;
 pub mod containers;
 pub mod contract;
 pub mod credentials;
@@ -26,4 +30,6 @@ pub mod http;
 pub mod metrics;
 pub mod parse;
 pub mod request;
+pub mod runtime;
 pub mod telemetry;
+pub mod worker;

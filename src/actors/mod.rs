@@ -10,7 +10,10 @@
 //! Peers are held as `Recipient<M>` where a test may put a mock in the seat.
 
 pub mod dispatcher;
+pub mod docker_worker;
 pub mod router;
+pub mod runner;
+pub mod session;
 pub mod subscription;
 pub mod waiter;
 

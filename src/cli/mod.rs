@@ -6,6 +6,7 @@ mod integration;
 mod process;
 mod serve_events;
 mod token;
+mod worker;
 
 use crate::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
@@ -59,6 +60,10 @@ pub enum ApiProviderCommand {
 pub enum IntegrationCommand {
     /// The router: public bus.containers.* requests to a backend prefix.
     Containers(integration::RouterArgs),
+    /// The Docker worker: runs requests in real containers.
+    Docker(worker::WorkerArgs),
+    /// The same worker against Podman's Docker-compatible API.
+    Podman(worker::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +168,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::ApiProvider(ApiProviderCommand::Events(args)) => serve_events::run(args),
         Command::Events(cmd) => events::run(cmd),
         Command::Integration(IntegrationCommand::Containers(args)) => integration::run_router(args),
+        Command::Integration(IntegrationCommand::Docker(args)) => {
+            worker::run_worker(args, worker::Flavour::Docker)
+        }
+        Command::Integration(IntegrationCommand::Podman(args)) => {
+            worker::run_worker(args, worker::Flavour::Podman)
+        }
         Command::Operator(OperatorCommand::Token(args)) => token::run(args),
         Command::Bench(cmd) => crate::bench::run(cmd),
     }

@@ -4,6 +4,7 @@
 
 pub mod owner;
 pub mod replies;
+pub mod state;
 pub mod static_provider;
 
 use serde_json::{json, Value};

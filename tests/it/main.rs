@@ -6,6 +6,7 @@ mod support;
 
 mod broker_conformance;
 mod cli_events;
+mod docker_worker;
 mod events_api;
 mod http_listener;
 mod memory_broker;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod mock_worker;
 
 use bus_containers::auth::{issue_token, Acl, IssueRequest, Secrets, Verifier, AUDIENCE_API};

@@ -1,0 +1,302 @@
+//! `Runner`: the engine side of a worker — its state
+//! (`ready/starting/stopped/unavailable`) from engine pings, the profile
+//! images, runner start (ensure images) and delete (remove every managed
+//! container), and the orphan reaper.
+//!
+//! The reaper removes containers labelled with this worker's id whose run
+//! no live session holds (what a crash left behind). It never touches
+//! another worker's containers, nor pooled ones.
+
+use crate::contract::{ErrorDetail, ErrorType};
+use crate::runtime::SharedRuntime;
+use actix::prelude::*;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Runner states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerState {
+    Ready,
+    Starting,
+    Stopped,
+    Unavailable,
+}
+
+impl RunnerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerState::Ready => "ready",
+            RunnerState::Starting => "starting",
+            RunnerState::Stopped => "stopped",
+            RunnerState::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Asks the worker which runs it holds (for the reaper).
+#[derive(Message)]
+#[rtype(result = "HashSet<String>")]
+pub struct ListLive;
+
+/// The runner's status payload.
+#[derive(Message)]
+#[rtype(result = "Value")]
+pub struct Status;
+
+/// Ensure the profile images.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ErrorDetail>")]
+pub struct Start;
+
+/// Remove every container this worker manages.
+#[derive(Message)]
+#[rtype(result = "Result<Value, ErrorDetail>")]
+pub struct RemoveAll;
+
+/// Reap orphans now; returns how many were removed.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Reap;
+
+/// Mark the runner stopped (worker shutting down).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkStopped;
+
+/// Settings of a runner.
+#[derive(Clone)]
+pub struct RunnerConfig {
+    pub worker_id: String,
+    /// profile → image
+    pub images: BTreeMap<String, String>,
+    pub ping_every: Duration,
+    pub reap_every: Duration,
+}
+
+pub struct Runner {
+    runtime: SharedRuntime,
+    config: RunnerConfig,
+    live: Recipient<ListLive>,
+    state: watch::Sender<RunnerState>,
+    engine: Option<String>,
+    last_error: Option<String>,
+}
+
+impl Runner {
+    pub fn new(
+        runtime: SharedRuntime,
+        config: RunnerConfig,
+        live: Recipient<ListLive>,
+    ) -> (Self, watch::Receiver<RunnerState>) {
+        let (state, rx) = watch::channel(RunnerState::Starting);
+        (
+            Runner {
+                runtime,
+                config,
+                live,
+                state,
+                engine: None,
+                last_error: None,
+            },
+            rx,
+        )
+    }
+
+    fn ping(&mut self, ctx: &mut Context<Self>) {
+        let runtime = self.runtime.clone();
+        ctx.spawn(
+            async move { runtime.ping().await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    let current = *act.state.borrow();
+                    match res {
+                        Ok(info) => {
+                            act.engine = Some(info.version);
+                            act.last_error = None;
+                            if current == RunnerState::Unavailable
+                                || current == RunnerState::Starting && act.engine.is_some()
+                            {
+                                if current == RunnerState::Unavailable {
+                                    tracing::info!("container engine reachable again");
+                                }
+                                act.state.send_replace(RunnerState::Ready);
+                            }
+                        }
+                        Err(e) => {
+                            if current != RunnerState::Unavailable
+                                && current != RunnerState::Stopped
+                            {
+                                tracing::warn!(error = %e, "container engine unreachable");
+                            }
+                            act.last_error = Some(e.to_string());
+                            if current != RunnerState::Stopped {
+                                act.state.send_replace(RunnerState::Unavailable);
+                            }
+                        }
+                    }
+                }),
+        );
+    }
+}
+
+impl Actor for Runner {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.ping(ctx);
+        ctx.run_interval(self.config.ping_every, |act, ctx| act.ping(ctx));
+        ctx.notify(Reap);
+        ctx.run_interval(self.config.reap_every, |_, ctx| ctx.notify(Reap));
+    }
+}
+
+impl Handler<Status> for Runner {
+    type Result = ResponseActFuture<Self, Value>;
+
+    fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+        let runtime = self.runtime.clone();
+        let images = self.config.images.clone();
+        Box::pin(
+            async move {
+                let mut present = Map::new();
+                for (profile, image) in &images {
+                    let v = match runtime.image_present(image).await {
+                        Ok(p) => json!({"image": image, "present": p}),
+                        Err(e) => json!({"image": image, "error": e.to_string()}),
+                    };
+                    present.insert(profile.clone(), v);
+                }
+                present
+            }
+            .into_actor(self)
+            .map(|profiles, act, _| {
+                let mut details = json!({
+                    "provider": act.runtime.provider(),
+                    "worker_id": act.config.worker_id,
+                    "engine_version": act.engine,
+                    "profiles": profiles,
+                });
+                if let Some(e) = &act.last_error {
+                    details["error"] = json!(e);
+                }
+                json!({"status": {"state": act.state.borrow().as_str(), "provider": act.runtime.provider(), "details": details}})
+            }),
+        )
+    }
+}
+
+impl Handler<Start> for Runner {
+    type Result = ResponseActFuture<Self, Result<Value, ErrorDetail>>;
+
+    fn handle(&mut self, _: Start, _: &mut Self::Context) -> Self::Result {
+        let before = *self.state.borrow();
+        if before != RunnerState::Unavailable {
+            self.state.send_replace(RunnerState::Starting);
+        }
+        let runtime = self.runtime.clone();
+        let images: Vec<String> = self
+            .config
+            .images
+            .values()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Box::pin(
+            async move {
+                runtime.ping().await.map_err(|e| ErrorDetail::new(ErrorType::Unavailable, e.to_string()))?;
+                for image in images {
+                    if runtime.image_present(&image).await.unwrap_or(false) {
+                        continue;
+                    }
+                    tracing::info!(%image, "pulling a profile image");
+                    let log_image = image.clone();
+                    runtime
+                        .pull(&image, Box::new(move |line| tracing::debug!(image = %log_image, "{line}")))
+                        .await
+                        .map_err(|e| {
+                            ErrorDetail::new(
+                                ErrorType::Unavailable,
+                                format!("image {image} is missing and could not be pulled ({e}); where no registry can be reached, build it locally with scripts/build-test-image {image}"),
+                            )
+                        })?;
+                }
+                Ok(json!({"accepted": true, "action": "start"}))
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                let after = if before == RunnerState::Unavailable { RunnerState::Unavailable } else { RunnerState::Ready };
+                act.state.send_replace(after);
+                res
+            }),
+        )
+    }
+}
+
+impl Handler<RemoveAll> for Runner {
+    type Result = ResponseFuture<Result<Value, ErrorDetail>>;
+
+    fn handle(&mut self, _: RemoveAll, _: &mut Self::Context) -> Self::Result {
+        let runtime = self.runtime.clone();
+        let worker = self.config.worker_id.clone();
+        Box::pin(async move {
+            let all = runtime
+                .list_managed(&worker)
+                .await
+                .map_err(|e| ErrorDetail::new(ErrorType::Unavailable, e.to_string()))?;
+            let mut removed = 0;
+            for c in all {
+                match runtime.remove(&c.id).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => tracing::warn!(container = %c.id, error = %e, "could not remove"),
+                }
+            }
+            tracing::info!(removed, "runner delete: removed managed containers");
+            Ok(json!({"deleted": true, "removed": removed}))
+        })
+    }
+}
+
+impl Handler<Reap> for Runner {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: Reap, _: &mut Self::Context) -> Self::Result {
+        let runtime = self.runtime.clone();
+        let worker = self.config.worker_id.clone();
+        let live = self.live.clone();
+        Box::pin(async move {
+            let Ok(all) = runtime.list_managed(&worker).await else {
+                return 0;
+            };
+            if all.is_empty() {
+                return 0;
+            }
+            let held = live.send(ListLive).await.unwrap_or_default();
+            let mut removed = 0;
+            for c in all
+                .into_iter()
+                .filter(|c| !c.pooled && !held.contains(&c.run_id))
+            {
+                match runtime.remove(&c.id).await {
+                    Ok(()) => {
+                        removed += 1;
+                        tracing::warn!(container = %c.id, run_id = %c.run_id, "removed an orphaned run container");
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %c.id, error = %e, "could not remove an orphan")
+                    }
+                }
+            }
+            removed
+        })
+    }
+}
+
+impl Handler<MarkStopped> for Runner {
+    type Result = ();
+    fn handle(&mut self, _: MarkStopped, _: &mut Self::Context) {
+        self.state.send_replace(RunnerState::Stopped);
+    }
+}

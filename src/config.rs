@@ -1,0 +1,304 @@
+//! `config.toml`: worker limits, sandbox defaults and run profiles. Every
+//! key is optional; unknown keys are errors (a typo must not silently
+//! weaken a sandbox).
+
+use crate::runtime::{Hardening, Limits, MountSpec};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub worker: WorkerSection,
+    #[serde(default)]
+    pub defaults: SandboxSettings,
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+/// `[worker]`: how a worker treats requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    /// Glob patterns of images explicit-image runs may use (`*` = any image
+    /// present locally); empty refuses explicit-image runs.
+    pub allowed_images: Vec<String>,
+    /// Output kept per stream of a run.
+    pub output_cap_bytes: usize,
+    /// `timeout_seconds` when neither request nor profile sets one.
+    pub default_timeout_seconds: u64,
+    /// The most any run may ask for.
+    pub max_timeout_seconds: u64,
+    /// Concurrent runs per worker.
+    pub capacity: usize,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            allowed_images: Vec::new(),
+            output_cap_bytes: 1 << 20,
+            default_timeout_seconds: 300,
+            max_timeout_seconds: 3600,
+            capacity: 64,
+        }
+    }
+}
+
+/// Limits and hardening: `[defaults]` and every profile's overrides.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    /// `none`, `bridge`, or a network name.
+    pub network: Option<String>,
+    pub read_only_root: Option<bool>,
+    /// Size of the tmpfs at /tmp (0: no tmpfs).
+    pub tmpfs_size_mb: Option<u64>,
+    /// `uid[:gid]` or a name; empty keeps the image's user.
+    pub user: Option<String>,
+    pub drop_capabilities: Option<bool>,
+    pub no_new_privileges: Option<bool>,
+}
+
+impl SandboxSettings {
+    /// `self`, with `over`'s keys where set.
+    pub fn overlay(&self, over: &SandboxSettings) -> SandboxSettings {
+        SandboxSettings {
+            memory_mb: over.memory_mb.or(self.memory_mb),
+            cpus: over.cpus.or(self.cpus),
+            pids_limit: over.pids_limit.or(self.pids_limit),
+            network: over.network.clone().or_else(|| self.network.clone()),
+            read_only_root: over.read_only_root.or(self.read_only_root),
+            tmpfs_size_mb: over.tmpfs_size_mb.or(self.tmpfs_size_mb),
+            user: over.user.clone().or_else(|| self.user.clone()),
+            drop_capabilities: over.drop_capabilities.or(self.drop_capabilities),
+            no_new_privileges: over.no_new_privileges.or(self.no_new_privileges),
+        }
+    }
+
+    /// The container limits these settings give (built-in defaults where
+    /// unset: 512 MiB, 1 CPU, 256 processes).
+    pub fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: Some((self.memory_mb.unwrap_or(512) as i64) << 20).filter(|m| *m > 0),
+            nano_cpus: Some((self.cpus.unwrap_or(1.0) * 1e9) as i64).filter(|c| *c > 0),
+            pids: Some(self.pids_limit.unwrap_or(256)).filter(|p| *p > 0),
+        }
+    }
+
+    /// The hardening these settings give (everything on where unset).
+    pub fn hardening(&self) -> Hardening {
+        let mut tmpfs = BTreeMap::new();
+        let size = self.tmpfs_size_mb.unwrap_or(64);
+        if size > 0 {
+            tmpfs.insert("/tmp".to_owned(), format!("rw,nosuid,nodev,size={size}m"));
+        }
+        Hardening {
+            drop_all_capabilities: self.drop_capabilities.unwrap_or(true),
+            no_new_privileges: self.no_new_privileges.unwrap_or(true),
+            read_only_root: self.read_only_root.unwrap_or(true),
+            tmpfs,
+            user: self.user.clone().filter(|u| !u.trim().is_empty()),
+        }
+    }
+
+    pub fn network(&self) -> String {
+        self.network
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "none".into())
+    }
+}
+
+/// A bind mount of a profile.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    pub source: String,
+    pub target: String,
+    #[serde(default = "yes")]
+    pub read_only: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl From<&Mount> for MountSpec {
+    fn from(m: &Mount) -> Self {
+        MountSpec {
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+        }
+    }
+}
+
+/// `[profiles.NAME]`: a named kind of run.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub image: Option<String>,
+    /// Command when the request gives none (else the image's CMD).
+    #[serde(default)]
+    pub command: Vec<String>,
+    pub timeout_seconds: Option<u64>,
+    pub workdir: Option<String>,
+    /// Environment set in every run of the profile.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Worker environment variables copied into the container by name (the
+    /// value is visible inside the run: for trusted environments only).
+    #[serde(default)]
+    pub forward_env: Vec<String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(flatten)]
+    pub sandbox: ProfileSandbox,
+}
+
+/// A profile's sandbox overrides (kept apart so `deny_unknown_fields`
+/// still catches typos in the profile table).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ProfileSandbox {
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub network: Option<String>,
+    pub read_only_root: Option<bool>,
+    pub tmpfs_size_mb: Option<u64>,
+    pub user: Option<String>,
+    pub drop_capabilities: Option<bool>,
+    pub no_new_privileges: Option<bool>,
+}
+
+impl From<&ProfileSandbox> for SandboxSettings {
+    fn from(p: &ProfileSandbox) -> Self {
+        SandboxSettings {
+            memory_mb: p.memory_mb,
+            cpus: p.cpus,
+            pids_limit: p.pids_limit,
+            network: p.network.clone(),
+            read_only_root: p.read_only_root,
+            tmpfs_size_mb: p.tmpfs_size_mb,
+            user: p.user.clone(),
+            drop_capabilities: p.drop_capabilities,
+            no_new_privileges: p.no_new_privileges,
+        }
+    }
+}
+
+/// The image `bus dev` and the default codex profile use: built offline by
+/// `scripts/build-test-image`.
+pub const DEFAULT_IMAGE: &str = "bus-busybox:latest";
+
+impl Config {
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        config.check().map_err(|e| format!("{origin}: {e}"))?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// With no file: a `codex` profile on the default image.
+    pub fn builtin() -> Config {
+        let mut profiles = BTreeMap::new();
+        profiles.insert(
+            "codex".to_owned(),
+            Profile {
+                image: Some(DEFAULT_IMAGE.into()),
+                ..Profile::default()
+            },
+        );
+        Config {
+            profiles,
+            ..Config::default()
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.worker.max_timeout_seconds == 0 {
+            return Err("worker.max_timeout_seconds must be greater than 0".into());
+        }
+        if self.worker.capacity == 0 {
+            return Err("worker.capacity must be greater than 0".into());
+        }
+        for pattern in &self.worker.allowed_images {
+            glob::Pattern::new(pattern)
+                .map_err(|e| format!("worker.allowed_images: {pattern:?}: {e}"))?;
+        }
+        for (name, p) in &self.profiles {
+            crate::contract::validate_name(name).map_err(|_| {
+                format!("profile name {name:?}: use lowercase letters, digits, '_' and '-'")
+            })?;
+            for m in &p.mounts {
+                if !m.source.starts_with('/') || !m.target.starts_with('/') {
+                    return Err(format!(
+                        "profiles.{name}.mounts: source and target must be absolute paths"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest timeout any run may have.
+    pub fn max_timeout(&self) -> Duration {
+        Duration::from_secs(self.worker.max_timeout_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_overlays() {
+        let c = Config::parse(
+            r#"
+            [worker]
+            allowed_images = ["bus-*"]
+            [defaults]
+            memory_mb = 256
+            [profiles.codex]
+            image = "x:1"
+            memory_mb = 128
+            network = "bridge"
+            mounts = [{ source = "/a", target = "/b" }]
+            "#,
+            "test",
+        )
+        .unwrap();
+        let p = &c.profiles["codex"];
+        let s = c.defaults.overlay(&(&p.sandbox).into());
+        assert_eq!(s.limits().memory_bytes, Some(128 << 20));
+        assert_eq!(s.network(), "bridge");
+        assert!(p.mounts[0].read_only);
+        assert!(s.hardening().drop_all_capabilities);
+        assert_eq!(c.defaults.limits().memory_bytes, Some(256 << 20));
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        assert!(Config::parse("[profiles.codex]\nmemroy_mb = 1", "t").is_err());
+        assert!(Config::parse("[worker]\ncapacity = 0", "t").is_err());
+        assert!(Config::parse(
+            "[profiles.codex]\nmounts = [{source=\"rel\", target=\"/x\"}]",
+            "t"
+        )
+        .is_err());
+    }
+}

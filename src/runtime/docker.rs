@@ -1,0 +1,467 @@
+//! `ContainerRuntime` over the Docker Engine API with bollard; also speaks
+//! to Podman's Docker-compatible socket. The API version is negotiated
+//! with the engine (Debian's dockerd 20.10 accepts at most 1.41), and
+//! `DOCKER_HOST` is honoured (`unix://` or `tcp://`).
+
+use super::{
+    labels, Attached, Chunk, ContainerRuntime, ContainerSpec, EngineInfo, ExitInfo, Managed,
+    OutputStream, RuntimeError,
+};
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
+    ListContainersOptions, RemoveContainerOptions,
+};
+use bollard::Docker;
+use futures::future::LocalBoxFuture;
+use futures::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where the engine is: `DOCKER_HOST`, else the default socket.
+pub fn docker_host() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned())
+}
+
+/// A bollard-backed runtime. Connects lazily, so a worker can start while
+/// the engine is down and report `unavailable` until it is back.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    provider: &'static str,
+    host: String,
+    client: Arc<Mutex<Option<Docker>>>,
+    negotiated: Arc<AtomicBool>,
+}
+
+fn map_err(e: BollardError) -> RuntimeError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } => RuntimeError::NotFound(message),
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => RuntimeError::Engine(format!("{message} (HTTP {status_code})")),
+        BollardError::RequestTimeoutError => RuntimeError::Unavailable("request timed out".into()),
+        other => {
+            let text = other.to_string();
+            if text.contains("connect")
+                || text.contains("No such file")
+                || text.contains("refused")
+                || text.contains("hyper")
+            {
+                RuntimeError::Unavailable(text)
+            } else {
+                RuntimeError::Engine(text)
+            }
+        }
+    }
+}
+
+impl DockerRuntime {
+    /// A runtime for `host` (`unix:///...` or `tcp://...`); `provider` is
+    /// what runs report (`docker` or `podman`).
+    pub fn new(provider: &'static str, host: &str) -> Self {
+        DockerRuntime {
+            provider,
+            host: host.to_owned(),
+            client: Arc::new(Mutex::new(None)),
+            negotiated: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn client(&self) -> Result<Docker, RuntimeError> {
+        let mut slot = self.client.lock().expect("docker client lock");
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        // Long client timeout: waits and attaches last as long as a run;
+        // short calls are bounded by the caller.
+        const DAY: u64 = 24 * 3600;
+        let client = if self.host.starts_with("unix://") {
+            Docker::connect_with_unix(&self.host, DAY, bollard::API_DEFAULT_VERSION)
+        } else if self.host.starts_with("tcp://") || self.host.starts_with("http://") {
+            Docker::connect_with_http(&self.host, DAY, bollard::API_DEFAULT_VERSION)
+        } else {
+            return Err(RuntimeError::Unavailable(format!(
+                "unsupported engine address {:?}: use unix:///path or tcp://host:port",
+                self.host
+            )));
+        }
+        .map_err(|e| {
+            RuntimeError::Unavailable(format!("no container engine at {}: {e}", self.host))
+        })?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// The client, with the API version negotiated once the engine answers.
+    async fn ready_client(&self) -> Result<Docker, RuntimeError> {
+        let client = self.client()?;
+        if !self.negotiated.load(Ordering::Relaxed) {
+            // negotiate_version updates the version shared by every clone.
+            match tokio::time::timeout(Duration::from_secs(10), client.clone().negotiate_version())
+                .await
+            {
+                Ok(Ok(_)) => self.negotiated.store(true, Ordering::Relaxed),
+                Ok(Err(e)) => return Err(map_err(e)),
+                Err(_) => {
+                    return Err(RuntimeError::Unavailable(format!(
+                        "{} did not answer",
+                        self.host
+                    )))
+                }
+            }
+        }
+        Ok(client)
+    }
+}
+
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let h = &spec.hardening;
+    let mut security_opt = Vec::new();
+    if h.no_new_privileges {
+        security_opt.push("no-new-privileges:true".to_owned());
+    }
+    let mounts: Vec<Mount> = spec
+        .mounts
+        .iter()
+        .map(|m| Mount {
+            target: Some(m.target.clone()),
+            source: Some(m.source.clone()),
+            typ: Some(MountType::BIND),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        })
+        .collect();
+    let host_config = HostConfig {
+        memory: spec.limits.memory_bytes,
+        // No swap beyond the memory limit, so the limit is real.
+        memory_swap: spec.limits.memory_bytes,
+        nano_cpus: spec.limits.nano_cpus,
+        pids_limit: spec.limits.pids,
+        cap_drop: h.drop_all_capabilities.then(|| vec!["ALL".to_owned()]),
+        security_opt: (!security_opt.is_empty()).then_some(security_opt),
+        readonly_rootfs: Some(h.read_only_root),
+        tmpfs: (!h.tmpfs.is_empty()).then(|| h.tmpfs.clone().into_iter().collect()),
+        network_mode: Some(if spec.network.is_empty() {
+            "none".to_owned()
+        } else {
+            spec.network.clone()
+        }),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("none".to_owned()),
+            config: None,
+        }),
+        mounts: (!mounts.is_empty()).then_some(mounts),
+        init: Some(false),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        working_dir: spec.workdir.clone(),
+        user: h.user.clone(),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        attach_stdin: Some(spec.stdin),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(spec.stdin),
+        stdin_once: Some(spec.stdin),
+        tty: Some(false),
+        network_disabled: Some(spec.network == "none" || spec.network.is_empty()),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    fn ping(&self) -> LocalBoxFuture<'static, Result<EngineInfo, RuntimeError>> {
+        let this = self.clone();
+        async move {
+            let client = this.ready_client().await?;
+            let v = tokio::time::timeout(Duration::from_secs(5), client.version())
+                .await
+                .map_err(|_| RuntimeError::Unavailable(format!("{} did not answer", this.host)))?
+                .map_err(map_err)?;
+            Ok(EngineInfo {
+                version: v.version.unwrap_or_default(),
+                api_version: v.api_version.unwrap_or_default(),
+            })
+        }
+        .boxed_local()
+    }
+
+    fn image_present(&self, image: &str) -> LocalBoxFuture<'static, Result<bool, RuntimeError>> {
+        let (this, image) = (self.clone(), image.to_owned());
+        async move {
+            match this.ready_client().await?.inspect_image(&image).await {
+                Ok(_) => Ok(true),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(false),
+                Err(e) => Err(map_err(e)),
+            }
+        }
+        .boxed_local()
+    }
+
+    fn pull(
+        &self,
+        image: &str,
+        progress: Box<dyn Fn(String)>,
+    ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        let (this, image) = (self.clone(), image.to_owned());
+        async move {
+            let client = this.ready_client().await?;
+            let options = CreateImageOptions {
+                from_image: Some(image.clone()),
+                ..Default::default()
+            };
+            let mut stream = client.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(map_err)?;
+                if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                    return Err(RuntimeError::Engine(detail));
+                }
+                if let Some(status) = info.status {
+                    progress(match info.id {
+                        Some(id) => format!("{id}: {status}"),
+                        None => status,
+                    });
+                }
+            }
+            Ok(())
+        }
+        .boxed_local()
+    }
+
+    fn create(
+        &self,
+        spec: &ContainerSpec,
+    ) -> LocalBoxFuture<'static, Result<String, RuntimeError>> {
+        let (this, body, name) = (self.clone(), create_body(spec), spec.name.clone());
+        async move {
+            let options = name.map(|n| CreateContainerOptions {
+                name: Some(n),
+                ..Default::default()
+            });
+            let created = this
+                .ready_client()
+                .await?
+                .create_container(options, body)
+                .await
+                .map_err(map_err)?;
+            Ok(created.id)
+        }
+        .boxed_local()
+    }
+
+    fn attach(
+        &self,
+        id: &str,
+        stdin: bool,
+    ) -> LocalBoxFuture<'static, Result<Attached, RuntimeError>> {
+        let (this, id) = (self.clone(), id.to_owned());
+        async move {
+            let options = AttachContainerOptions {
+                stdin,
+                stdout: true,
+                stderr: true,
+                stream: true,
+                logs: false,
+                detach_keys: None,
+            };
+            let attached = this
+                .ready_client()
+                .await?
+                .attach_container(&id, Some(options))
+                .await
+                .map_err(map_err)?;
+            let output = attached
+                .output
+                .filter_map(|item| async move {
+                    match item {
+                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                            Some(Ok(Chunk {
+                                stream: OutputStream::Stdout,
+                                data: message,
+                            }))
+                        }
+                        Ok(LogOutput::StdErr { message }) => Some(Ok(Chunk {
+                            stream: OutputStream::Stderr,
+                            data: message,
+                        })),
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        Err(e) => Some(Err(map_err(e))),
+                    }
+                })
+                .boxed_local();
+            let input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite>>> =
+                if stdin { Some(attached.input) } else { None };
+            Ok(Attached { output, input })
+        }
+        .boxed_local()
+    }
+
+    fn start(&self, id: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        let (this, id) = (self.clone(), id.to_owned());
+        async move {
+            this.ready_client()
+                .await?
+                .start_container(
+                    &id,
+                    None::<bollard::query_parameters::StartContainerOptions>,
+                )
+                .await
+                .map_err(map_err)
+        }
+        .boxed_local()
+    }
+
+    fn wait(&self, id: &str) -> LocalBoxFuture<'static, Result<i64, RuntimeError>> {
+        let (this, id) = (self.clone(), id.to_owned());
+        async move {
+            let client = this.ready_client().await?;
+            let mut stream =
+                client.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
+            match stream.next().await {
+                Some(Ok(r)) => Ok(r.status_code),
+                // bollard reports a non-zero exit as an error value.
+                Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+                Some(Err(e)) => Err(map_err(e)),
+                None => Err(RuntimeError::Engine("wait ended without a status".into())),
+            }
+        }
+        .boxed_local()
+    }
+
+    fn kill(&self, id: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        let (this, id) = (self.clone(), id.to_owned());
+        async move {
+            let options = KillContainerOptions {
+                signal: "SIGKILL".into(),
+            };
+            match this
+                .ready_client()
+                .await?
+                .kill_container(&id, Some(options))
+                .await
+            {
+                Ok(()) => Ok(()),
+                // Already stopped: nothing to kill.
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => Ok(()),
+                Err(e) => Err(map_err(e)),
+            }
+        }
+        .boxed_local()
+    }
+
+    fn inspect(&self, id: &str) -> LocalBoxFuture<'static, Result<ExitInfo, RuntimeError>> {
+        let (this, id) = (self.clone(), id.to_owned());
+        async move {
+            let info = this
+                .ready_client()
+                .await?
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .map_err(map_err)?;
+            let state = info.state.unwrap_or_default();
+            Ok(ExitInfo {
+                exit_code: state.exit_code,
+                oom_killed: state.oom_killed.unwrap_or(false),
+            })
+        }
+        .boxed_local()
+    }
+
+    fn remove(&self, id: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        let (this, id) = (self.clone(), id.to_owned());
+        async move {
+            let options = RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            };
+            match this
+                .ready_client()
+                .await?
+                .remove_container(&id, Some(options))
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(()),
+                // Removal already in progress (a racing cleanup): fine.
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409,
+                    message,
+                }) if message.contains("in progress") => Ok(()),
+                Err(e) => Err(map_err(e)),
+            }
+        }
+        .boxed_local()
+    }
+
+    fn list_managed(
+        &self,
+        worker_id: &str,
+    ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>> {
+        let (this, worker_id) = (self.clone(), worker_id.to_owned());
+        async move {
+            let filters = HashMap::from([(
+                "label".to_owned(),
+                vec![
+                    format!("{}=true", labels::MANAGED),
+                    format!("{}={worker_id}", labels::WORKER_ID),
+                ],
+            )]);
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            };
+            let list = this
+                .ready_client()
+                .await?
+                .list_containers(Some(options))
+                .await
+                .map_err(map_err)?;
+            Ok(list
+                .into_iter()
+                .filter_map(|c| {
+                    let labels = c.labels.unwrap_or_default();
+                    Some(Managed {
+                        id: c.id?,
+                        run_id: labels.get(labels::RUN_ID).cloned().unwrap_or_default(),
+                        pooled: labels.get(labels::POOLED).is_some_and(|v| v == "true"),
+                    })
+                })
+                .collect())
+        }
+        .boxed_local()
+    }
+}

@@ -1,0 +1,131 @@
+//! The seam between the worker and a container engine.
+//!
+//! [`ContainerRuntime`] is what a `ContainerSession` needs from an engine;
+//! [`docker::DockerRuntime`] implements it with bollard against Docker or
+//! Podman's Docker-compatible API, [`fake::FakeRuntime`] in memory for
+//! actor tests.
+
+pub mod docker;
+pub mod fake;
+pub mod spec;
+
+pub use spec::{ContainerSpec, Hardening, Limits, MountSpec};
+
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use futures::stream::LocalBoxStream;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::AsyncWrite;
+
+/// Labels on every container a worker manages.
+pub mod labels {
+    /// Marks a container as ours.
+    pub const MANAGED: &str = "bus.managed";
+    pub const RUN_ID: &str = "bus.run_id";
+    pub const OWNER: &str = "bus.owner";
+    pub const WORKER_ID: &str = "bus.worker_id";
+    /// A warm-pool container: the orphan reaper leaves it alone.
+    pub const POOLED: &str = "bus.pooled";
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// A chunk of a container's output.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub stream: OutputStream,
+    pub data: Bytes,
+}
+
+/// A container's attached streams.
+pub struct Attached {
+    pub output: LocalBoxStream<'static, Result<Chunk, RuntimeError>>,
+    /// The container's stdin, when it was created with stdin open.
+    pub input: Option<Pin<Box<dyn AsyncWrite>>>,
+}
+
+/// The engine's view of a finished container.
+#[derive(Debug, Clone, Default)]
+pub struct ExitInfo {
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+}
+
+/// About the engine.
+#[derive(Debug, Clone, Default)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+}
+
+/// A container carrying our labels.
+#[derive(Debug, Clone)]
+pub struct Managed {
+    pub id: String,
+    pub run_id: String,
+    pub pooled: bool,
+}
+
+/// Why an engine call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("container engine unavailable: {0}")]
+    Unavailable(String),
+    #[error("container engine error: {0}")]
+    Engine(String),
+}
+
+/// What the worker needs from a container engine.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// The provider name runs report (`docker`, `podman`, `fake`).
+    fn provider(&self) -> &'static str;
+    fn ping(&self) -> LocalBoxFuture<'static, Result<EngineInfo, RuntimeError>>;
+    fn image_present(&self, image: &str) -> LocalBoxFuture<'static, Result<bool, RuntimeError>>;
+    /// Pulls an image; progress lines go to `progress`.
+    fn pull(
+        &self,
+        image: &str,
+        progress: Box<dyn Fn(String)>,
+    ) -> LocalBoxFuture<'static, Result<(), RuntimeError>>;
+    /// Creates a container; returns its id.
+    fn create(&self, spec: &ContainerSpec)
+        -> LocalBoxFuture<'static, Result<String, RuntimeError>>;
+    /// Attaches to output (and stdin when `stdin`); call before `start`.
+    fn attach(
+        &self,
+        id: &str,
+        stdin: bool,
+    ) -> LocalBoxFuture<'static, Result<Attached, RuntimeError>>;
+    fn start(&self, id: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>>;
+    /// Resolves with the exit code when the container stops.
+    fn wait(&self, id: &str) -> LocalBoxFuture<'static, Result<i64, RuntimeError>>;
+    fn kill(&self, id: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>>;
+    fn inspect(&self, id: &str) -> LocalBoxFuture<'static, Result<ExitInfo, RuntimeError>>;
+    /// Force-removes a container (and its anonymous volumes).
+    fn remove(&self, id: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>>;
+    /// Every container labelled as managed by `worker_id`.
+    fn list_managed(
+        &self,
+        worker_id: &str,
+    ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>>;
+}
+
+/// A runtime shared by the actors of a worker.
+pub type SharedRuntime = Arc<dyn ContainerRuntime>;

@@ -1,0 +1,9 @@
+//! The worker's logic apart from its actors: turning a run request into a
+//! container plan (profiles, allowed images, limits, hardening, mounts),
+//! and the run result it answers with.
+
+pub mod outcome;
+pub mod plan;
+pub mod utf8;
+
+pub use plan::{plan_run, RunPlan, WorkerSettings};

@@ -1,0 +1,292 @@
+//! From a `run.request` payload to a [`RunPlan`]: which image and command,
+//! with which limits, hardening, mounts and environment. Mounts and
+//! forwarded environment belong to profiles only, never to explicit-image
+//! runs.
+
+use crate::config::{Config, Profile, SandboxSettings};
+use crate::contract::{ErrorDetail, ErrorType};
+use crate::runtime::{labels, ContainerSpec, MountSpec};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A run request as the worker reads it (unknown fields are ignored: the
+/// bus contract is lenient).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RunRequest {
+    pub run_id: Option<String>,
+    pub owner_account_id: Option<String>,
+    pub profile: Option<String>,
+    pub image: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub timeout_seconds: Option<i64>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub stdin: Option<String>,
+    #[serde(default)]
+    pub interactive: bool,
+    pub workdir: Option<String>,
+}
+
+/// What a worker knows that plans depend on.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub worker_id: String,
+    pub config: Config,
+    /// Extra mounts and environment of the `codex` profile (CLI flags).
+    pub codex_mounts: Vec<MountSpec>,
+    pub codex_env: Vec<(String, String)>,
+}
+
+/// Everything needed to run one request.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub run_id: String,
+    pub owner: String,
+    pub profile: Option<String>,
+    pub image: String,
+    /// The command as the result reports it (`args`).
+    pub args: Vec<String>,
+    pub timeout: Duration,
+    pub stdin: Option<String>,
+    pub interactive: bool,
+    pub spec: ContainerSpec,
+}
+
+fn bad(message: impl Into<String>) -> ErrorDetail {
+    ErrorDetail::new(ErrorType::BadRequest, message)
+}
+
+fn check_env_name(name: &str) -> Result<(), ErrorDetail> {
+    let ok = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "env name {name:?} must be letters, digits and '_' (not starting with a digit)"
+        )))
+    }
+}
+
+/// Plans a run for `owner` (the effective owner), or says why not.
+pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<RunPlan, ErrorDetail> {
+    let config = &w.config;
+    let run_id = match &req.run_id {
+        Some(id) if !id.is_empty() => {
+            if id.len() > 128
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(bad(
+                    "run_id may only use letters, digits, '_' and '-' (at most 128)",
+                ));
+            }
+            id.clone()
+        }
+        _ => format!("run_{}", uuid::Uuid::now_v7().simple()),
+    };
+    let command: Vec<String> = req
+        .command
+        .clone()
+        .or_else(|| req.args.clone())
+        .unwrap_or_default();
+    let (profile_name, profile, image, sandbox): (
+        Option<String>,
+        Option<&Profile>,
+        String,
+        SandboxSettings,
+    ) = match (&req.profile, &req.image) {
+        (Some(_), Some(_)) => return Err(bad("give profile or image, not both")),
+        (None, None) => return Err(bad("profile or image is required")),
+        (Some(name), None) => {
+            let p = config.profiles.get(name).ok_or_else(|| {
+                let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
+                bad(format!(
+                    "unknown profile {name:?} (this worker has: {})",
+                    known.join(", ")
+                ))
+            })?;
+            let image = p.image.clone().ok_or_else(|| {
+                ErrorDetail::new(
+                    ErrorType::BackendError,
+                    format!("profile {name} has no image configured"),
+                )
+            })?;
+            (
+                Some(name.clone()),
+                Some(p),
+                image,
+                config.defaults.overlay(&(&p.sandbox).into()),
+            )
+        }
+        (None, Some(image)) => {
+            if image.trim().is_empty() {
+                return Err(bad("image must not be empty"));
+            }
+            if command.is_empty() {
+                return Err(bad("an image run needs a command"));
+            }
+            let allowed = config
+                .worker
+                .allowed_images
+                .iter()
+                .filter_map(|p| glob::Pattern::new(p).ok())
+                .any(|p| p.matches(image));
+            if !allowed {
+                return Err(ErrorDetail::new(
+                    ErrorType::Forbidden,
+                    format!("image {image:?} is not in this worker's allowed images"),
+                ));
+            }
+            (None, None, image.clone(), config.defaults.clone())
+        }
+    };
+    let command = if command.is_empty() {
+        profile.map(|p| p.command.clone()).unwrap_or_default()
+    } else {
+        command
+    };
+    let max = config.worker.max_timeout_seconds;
+    let timeout = match req.timeout_seconds {
+        Some(t) if t < 0 => return Err(bad("timeout_seconds must not be negative")),
+        Some(t) if t > 0 => (t as u64).min(max),
+        _ => profile
+            .and_then(|p| p.timeout_seconds)
+            .unwrap_or(config.worker.default_timeout_seconds)
+            .min(max),
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut mounts = Vec::new();
+    let mut workdir = req.workdir.clone();
+    if let Some(p) = profile {
+        env.extend(p.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for name in &p.forward_env {
+            if let Ok(value) = std::env::var(name) {
+                env.push((name.clone(), value));
+            }
+        }
+        mounts.extend(p.mounts.iter().map(MountSpec::from));
+        workdir = workdir.or_else(|| p.workdir.clone());
+        if profile_name.as_deref() == Some("codex") {
+            mounts.extend(w.codex_mounts.iter().cloned());
+            env.extend(w.codex_env.iter().cloned());
+        }
+    }
+    for (k, v) in &req.env {
+        check_env_name(k)?;
+        if v.contains('\0') {
+            return Err(bad(format!("env {k} contains a NUL byte")));
+        }
+        env.retain(|(name, _)| name != k);
+        env.push((k.clone(), v.clone()));
+    }
+    if let Some(dir) = &workdir {
+        if !dir.starts_with('/') {
+            return Err(bad("workdir must be an absolute path"));
+        }
+    }
+    let mut container_labels = BTreeMap::new();
+    container_labels.insert(labels::MANAGED.to_owned(), "true".to_owned());
+    container_labels.insert(labels::RUN_ID.to_owned(), run_id.clone());
+    container_labels.insert(labels::OWNER.to_owned(), owner.to_owned());
+    container_labels.insert(labels::WORKER_ID.to_owned(), w.worker_id.clone());
+    let spec = ContainerSpec {
+        name: Some(format!("bus-{run_id}")),
+        image: image.clone(),
+        command: command.clone(),
+        env,
+        workdir,
+        labels: container_labels,
+        stdin: req.interactive || req.stdin.is_some(),
+        limits: sandbox.limits(),
+        hardening: sandbox.hardening(),
+        network: sandbox.network(),
+        mounts,
+    };
+    Ok(RunPlan {
+        run_id,
+        owner: owner.to_owned(),
+        profile: profile_name,
+        image,
+        args: command,
+        timeout: Duration::from_secs(timeout),
+        stdin: req.stdin.clone(),
+        interactive: req.interactive,
+        spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(allowed: &[&str]) -> WorkerSettings {
+        let mut config = Config::builtin();
+        config.worker.allowed_images = allowed.iter().map(|s| s.to_string()).collect();
+        WorkerSettings {
+            worker_id: "w".into(),
+            config,
+            codex_mounts: vec![],
+            codex_env: vec![],
+        }
+    }
+
+    fn req(v: serde_json::Value) -> RunRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn profiles_images_and_refusals() {
+        let w = settings(&["bus-*"]);
+        let p = plan_run(&req(serde_json::json!({"profile":"codex","args":["sh","-c","x"],"timeout_seconds":99999})), "a", &w).unwrap();
+        assert_eq!(p.image, crate::config::DEFAULT_IMAGE);
+        assert_eq!(p.args, ["sh", "-c", "x"]);
+        assert_eq!(p.timeout, Duration::from_secs(3600), "capped");
+        assert_eq!(p.spec.labels[labels::OWNER], "a");
+        assert!(p.spec.hardening.read_only_root && p.spec.hardening.drop_all_capabilities);
+        assert_eq!(p.spec.network, "none");
+        let e = |v| plan_run(&req(v), "a", &w).unwrap_err().kind;
+        assert_eq!(
+            e(serde_json::json!({"image":"alpine","command":["x"]})),
+            ErrorType::Forbidden
+        );
+        assert_eq!(
+            e(serde_json::json!({"image":"bus-x"})),
+            ErrorType::BadRequest
+        );
+        assert_eq!(e(serde_json::json!({})), ErrorType::BadRequest);
+        assert_eq!(
+            e(serde_json::json!({"profile":"nope"})),
+            ErrorType::BadRequest
+        );
+        assert_eq!(
+            e(serde_json::json!({"profile":"codex","image":"bus-x"})),
+            ErrorType::BadRequest
+        );
+        assert_eq!(
+            e(serde_json::json!({"profile":"codex","timeout_seconds":-1})),
+            ErrorType::BadRequest
+        );
+        assert_eq!(
+            e(serde_json::json!({"profile":"codex","env":{"A=B":"x"}})),
+            ErrorType::BadRequest
+        );
+        assert_eq!(
+            e(serde_json::json!({"profile":"codex","run_id":"../x"})),
+            ErrorType::BadRequest
+        );
+        assert!(plan_run(
+            &req(serde_json::json!({"image":"bus-x","command":["x"]})),
+            "a",
+            &w
+        )
+        .unwrap()
+        .spec
+        .mounts
+        .is_empty());
+    }
+}

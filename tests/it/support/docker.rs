@@ -1,0 +1,142 @@
+//! Real-Docker fixtures: the engine (or a skip, unless
+//! `BUS_TEST_DOCKER=required`), the local test image, and an in-process
+//! worker on the memory broker with a requester in the API's seat.
+
+use super::{memory_broker, requester};
+use actix::Addr;
+use bus_containers::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
+use bus_containers::broker::SharedBroker;
+use bus_containers::config::Config;
+use bus_containers::containers::Kind;
+use bus_containers::request::{Request, Requester};
+use bus_containers::runtime::docker::{docker_host, DockerRuntime};
+use bus_containers::runtime::{ContainerRuntime, Managed, SharedRuntime};
+use bus_containers::worker::WorkerSettings;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const IMAGE: &str = "bus-busybox:latest";
+
+/// The Docker engine, or `None` (skip) when none is reachable and
+/// `BUS_TEST_DOCKER` is not `required`.
+pub async fn engine() -> Option<Arc<DockerRuntime>> {
+    let required = std::env::var("BUS_TEST_DOCKER").is_ok_and(|v| v == "required");
+    let runtime = Arc::new(DockerRuntime::new("docker", &docker_host()));
+    let problem = match runtime.ping().await {
+        Err(e) => Some(format!("no Docker engine: {e}")),
+        Ok(_) => match runtime.image_present(IMAGE).await {
+            Ok(true) => None,
+            _ => Some(format!(
+                "image {IMAGE} is missing: run scripts/build-test-image"
+            )),
+        },
+    };
+    match problem {
+        None => Some(runtime),
+        Some(p) if required => panic!("BUS_TEST_DOCKER=required: {p}"),
+        Some(p) => {
+            eprintln!("SKIPPED (Docker): {p}");
+            None
+        }
+    }
+}
+
+/// A worker on its own memory broker.
+pub struct Fixture {
+    pub broker: SharedBroker,
+    pub worker: Addr<DockerWorker>,
+    pub api: Requester,
+    pub worker_id: String,
+    pub runtime: Arc<DockerRuntime>,
+    pub prefix: String,
+}
+
+pub fn test_config() -> Config {
+    let mut config = Config::builtin();
+    config.worker.allowed_images = vec!["bus-busybox:*".into()];
+    config
+}
+
+impl Fixture {
+    pub async fn start() -> Option<Fixture> {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: Config) -> Option<Fixture> {
+        let runtime = engine().await?;
+        let (broker, _) = memory_broker();
+        let worker_id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let settings = WorkerSettings {
+            worker_id: worker_id.clone(),
+            config,
+            codex_mounts: vec![],
+            codex_env: vec![],
+        };
+        let prefix = "bus.docker".to_owned();
+        let publisher = requester(&broker, &format!("worker-{worker_id}"), true);
+        let shared: SharedRuntime = runtime.clone();
+        let worker = DockerWorker::start(
+            broker.clone(),
+            publisher,
+            Engine::Containers(shared),
+            WorkerConfig::new(settings, &prefix),
+        )
+        .await
+        .unwrap();
+        let api = requester(&broker, "api", true);
+        Some(Fixture {
+            broker,
+            worker,
+            api,
+            worker_id,
+            runtime,
+            prefix,
+        })
+    }
+
+    /// One request on the worker's prefix; the reply payload.
+    pub async fn ask(&self, kind: Kind, payload: Value, deadline: Duration) -> Value {
+        let out = self
+            .api
+            .request(Request::new(&kind.request(&self.prefix), payload, deadline))
+            .await
+            .unwrap();
+        out.replies
+            .first()
+            .map(|r| r.payload.clone())
+            .unwrap_or(json!({"error": {"type": "timeout"}}))
+    }
+
+    /// A run for account `alice`.
+    pub async fn run(&self, mut payload: Value) -> Value {
+        if payload.get("owner_account_id").is_none() {
+            payload["owner_account_id"] = json!("alice");
+        }
+        self.ask(Kind::Run, payload, Duration::from_secs(120)).await
+    }
+
+    pub async fn containers(&self) -> Vec<Managed> {
+        self.runtime.list_managed(&self.worker_id).await.unwrap()
+    }
+
+    /// Stops the worker and checks that it left no container behind.
+    pub async fn finish(self) {
+        let _ = self.worker.send(Shutdown).await;
+        let left = self.containers().await;
+        assert!(left.is_empty(), "containers left behind: {left:?}");
+    }
+}
+
+/// This process's resident memory in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.to_owned())
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
