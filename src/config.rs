@@ -292,6 +292,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_parses() {
+        let c = Config::parse(include_str!("../config.toml"), "config.toml").unwrap();
+        assert_eq!(c.profiles["codex"].image.as_deref(), Some(DEFAULT_IMAGE));
+        assert_eq!(c.worker.capacity, 64);
+    }
+
+    #[test]
     fn typos_are_errors() {
         assert!(Config::parse("[profiles.codex]\nmemroy_mb = 1", "t").is_err());
         assert!(Config::parse("[worker]\ncapacity = 0", "t").is_err());

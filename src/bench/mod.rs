@@ -5,6 +5,7 @@ mod events;
 mod responder;
 mod router;
 mod stats;
+mod worker;
 
 pub use stats::Summary;
 
@@ -19,11 +20,15 @@ pub enum BenchCommand {
     /// Routed request/reply round trip beside a direct one: memory broker
     /// and HTTP Events API.
     Router(router::RouterBenchArgs),
+    /// End-to-end run latency through the Docker worker beside
+    /// `docker run --rm`.
+    Worker(worker::WorkerBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
     match cmd {
         BenchCommand::Events(args) => events::run(args),
         BenchCommand::Router(args) => router::run(args),
+        BenchCommand::Worker(args) => worker::run(args),
     }
 }

@@ -59,6 +59,7 @@ pub fn start_events(
             .default_service(web::to(no_route))
     })
     .workers(workers.max(1))
+    .tcp_nodelay(true)
     .shutdown_timeout(5)
     .listen(listener)?
     .run();

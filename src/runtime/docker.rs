@@ -9,7 +9,9 @@ use super::{
 };
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
     ListContainersOptions, RemoveContainerOptions,
@@ -129,7 +131,35 @@ impl DockerRuntime {
     }
 }
 
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+/// This process's hard limit of a resource, from `/proc/self/limits`
+/// (`Max open files`, `Max processes`).
+fn hard_limit(label: &str) -> Option<i64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with(label))?;
+    line[label.len()..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Podman asks for higher `nofile`/`nproc` limits than an unprivileged
+/// service may grant, and the container then fails to start. Ask for
+/// modest limits that any service can hand down (the pids limit still
+/// bounds processes).
+fn podman_ulimits() -> Vec<ResourcesUlimits> {
+    let cap = |label: &str| hard_limit(label).unwrap_or(4096).min(4096);
+    vec![
+        ResourcesUlimits {
+            name: Some("nofile".into()),
+            soft: Some(cap("Max open files").min(1024)),
+            hard: Some(cap("Max open files")),
+        },
+        ResourcesUlimits {
+            name: Some("nproc".into()),
+            soft: Some(cap("Max processes")),
+            hard: Some(cap("Max processes")),
+        },
+    ]
+}
+
+fn create_body(spec: &ContainerSpec, provider: &str) -> ContainerCreateBody {
     let h = &spec.hardening;
     let mut security_opt = Vec::new();
     if h.no_new_privileges {
@@ -167,6 +197,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         mounts: (!mounts.is_empty()).then_some(mounts),
         init: Some(false),
+        ulimits: (provider == "podman").then(podman_ulimits),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -257,7 +288,11 @@ impl ContainerRuntime for DockerRuntime {
         &self,
         spec: &ContainerSpec,
     ) -> LocalBoxFuture<'static, Result<String, RuntimeError>> {
-        let (this, body, name) = (self.clone(), create_body(spec), spec.name.clone());
+        let (this, body, name) = (
+            self.clone(),
+            create_body(spec, self.provider),
+            spec.name.clone(),
+        );
         async move {
             let options = name.map(|n| CreateContainerOptions {
                 name: Some(n),

@@ -10,5 +10,8 @@ mod docker_worker;
 mod events_api;
 mod http_listener;
 mod memory_broker;
+mod podman_worker;
 mod router;
 mod router_processes;
+mod worker_actors;
+mod worker_processes;

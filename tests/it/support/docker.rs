@@ -42,6 +42,34 @@ pub async fn engine() -> Option<Arc<DockerRuntime>> {
     }
 }
 
+/// A Podman service, or `None` (skip) unless `BUS_TEST_PODMAN=required`.
+/// Where: `BUS_TEST_PODMAN_HOST`, default `unix:///run/podman/podman.sock`.
+pub async fn podman() -> Option<Arc<DockerRuntime>> {
+    let required = std::env::var("BUS_TEST_PODMAN").is_ok_and(|v| v == "required");
+    let host = std::env::var("BUS_TEST_PODMAN_HOST")
+        .unwrap_or_else(|_| "unix:///run/podman/podman.sock".into());
+    let runtime = Arc::new(DockerRuntime::new("podman", &host));
+    let problem = match runtime.ping().await {
+        Err(e) => Some(format!(
+            "no Podman service at {host}: {e} (scripts/ensure-podman starts one)"
+        )),
+        Ok(_) => match runtime.image_present(IMAGE).await {
+            Ok(true) => None,
+            _ => Some(format!(
+                "image {IMAGE} is missing in Podman: run scripts/ensure-podman"
+            )),
+        },
+    };
+    match problem {
+        None => Some(runtime),
+        Some(p) if required => panic!("BUS_TEST_PODMAN=required: {p}"),
+        Some(p) => {
+            eprintln!("SKIPPED (Podman): {p}");
+            None
+        }
+    }
+}
+
 /// A worker on its own memory broker.
 pub struct Fixture {
     pub broker: SharedBroker,
@@ -64,7 +92,11 @@ impl Fixture {
     }
 
     pub async fn start_with(config: Config) -> Option<Fixture> {
-        let runtime = engine().await?;
+        Some(Self::start_on(engine().await?, config).await)
+    }
+
+    /// A worker on `runtime` (Docker or Podman).
+    pub async fn start_on(runtime: Arc<DockerRuntime>, config: Config) -> Fixture {
         let (broker, _) = memory_broker();
         let worker_id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let settings = WorkerSettings {
@@ -85,14 +117,14 @@ impl Fixture {
         .await
         .unwrap();
         let api = requester(&broker, "api", true);
-        Some(Fixture {
+        Fixture {
             broker,
             worker,
             api,
             worker_id,
             runtime,
             prefix,
-        })
+        }
     }
 
     /// One request on the worker's prefix; the reply payload.

@@ -1,0 +1,111 @@
+//! `bus bench worker`: end-to-end latency of `sh -c 'printf OK'` through
+//! the Docker worker (request → container → result on the memory broker)
+//! beside plain `docker run --rm` of the same image, measured in one run.
+
+use super::stats::{print_table, Summary};
+use crate::actors::dispatcher::ReplyMetrics;
+use crate::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
+use crate::broker::memory::{HubConfig, MemoryBroker};
+use crate::broker::SharedBroker;
+use crate::cli::Failure;
+use crate::config::{Config, DEFAULT_IMAGE};
+use crate::containers::Kind;
+use crate::metrics::{BusMetrics, Metrics};
+use crate::request::{BusIdentity, Request, Requester};
+use crate::runtime::docker::{docker_host, DockerRuntime};
+use crate::runtime::ContainerRuntime;
+use crate::worker::WorkerSettings;
+use clap::Args;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct WorkerBenchArgs {
+    /// Runs per path.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Image to run (built offline by scripts/build-test-image).
+    #[arg(long, default_value = DEFAULT_IMAGE)]
+    pub image: String,
+    /// Print the results as JSON too.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn docker_run(image: &str) -> Result<Duration, Failure> {
+    let t0 = Instant::now();
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "sh",
+            "-c",
+            "printf OK",
+        ])
+        .output()
+        .map_err(|e| Failure::error(format!("docker CLI: {e}")))?;
+    let took = t0.elapsed();
+    if !out.status.success() || out.stdout != b"OK" {
+        return Err(Failure::error(format!(
+            "docker run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(took)
+}
+
+pub fn run(args: WorkerBenchArgs) -> Result<(), Failure> {
+    actix_rt::System::new().block_on(async move {
+        let runtime = Arc::new(DockerRuntime::new("docker", &docker_host()));
+        runtime.ping().await.map_err(|e| Failure::error(format!("{e}: the worker benchmark needs a Docker engine")))?;
+        if !runtime.image_present(&args.image).await.unwrap_or(false) {
+            return Err(Failure::error(format!("image {} is missing: run scripts/build-test-image {}", args.image, args.image)));
+        }
+        let metrics = Metrics::new();
+        let broker: SharedBroker = Arc::new(MemoryBroker::start(HubConfig::default(), BusMetrics::register(&metrics)));
+        let mut config = Config::builtin();
+        config.worker.allowed_images = vec![args.image.clone()];
+        let worker_id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let settings = WorkerSettings { worker_id, config, codex_mounts: vec![], codex_env: vec![] };
+        let publisher = Requester::new(broker.clone(), BusIdentity::service("bench-worker"), ReplyMetrics::register(&metrics, "bench_w"));
+        let worker = DockerWorker::start(broker.clone(), publisher, Engine::Containers(runtime), WorkerConfig::new(settings, "bus.docker")).await?;
+        let api = Requester::new(broker, BusIdentity::service("bench"), ReplyMetrics::register(&metrics, "bench"));
+        let payload = json!({"owner_account_id": "bench", "image": args.image, "command": ["sh", "-c", "printf OK"]});
+
+        let mut baseline = Vec::new();
+        let mut through = Vec::new();
+        // Interleave the two paths so drift on the machine hits both alike.
+        for i in 0..args.runs + 2 {
+            let d = docker_run(&args.image)?;
+            let t0 = Instant::now();
+            let out = api
+                .request(Request::new(&Kind::Run.request("bus.docker"), payload.clone(), Duration::from_secs(60)))
+                .await
+                .map_err(|e| Failure::error(e.to_string()))?;
+            let w = t0.elapsed();
+            let reply = out.replies.first().map(|r| r.payload.clone()).unwrap_or_default();
+            if reply["stdout"] != "OK" {
+                return Err(Failure::error(format!("worker run failed: {reply}")));
+            }
+            if i >= 2 {
+                baseline.push(d);
+                through.push(w);
+            }
+        }
+        let _ = worker.send(Shutdown).await;
+        let rate = |s: &[Duration]| s.len() as f64 / s.iter().map(Duration::as_secs_f64).sum::<f64>();
+        let rows = [
+            Summary::new("docker run --rm (CLI)", baseline.clone(), rate(&baseline)),
+            Summary::new("through the worker (create, attach, start, wait, remove)", through.clone(), rate(&through)),
+        ];
+        print_table("sh -c 'printf OK', end to end, one at a time (baseline: docker run --rm)", &rows);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        }
+        Ok(())
+    })
+}

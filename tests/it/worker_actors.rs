@@ -1,0 +1,261 @@
+//! The worker's actors with the in-memory fake runtime in the engine's
+//! seat: fast checks of session and runner logic that need no Docker.
+
+use crate::support::*;
+use bus_containers::actors::docker_worker::{
+    DockerWorker, Engine, LiveCount, Shutdown, WorkerConfig,
+};
+use bus_containers::broker::SharedBroker;
+use bus_containers::config::Config;
+use bus_containers::containers::Kind;
+use bus_containers::request::{Request, Requester};
+use bus_containers::runtime::fake::FakeRuntime;
+use bus_containers::runtime::{labels, ContainerRuntime, ContainerSpec, SharedRuntime};
+use bus_containers::worker::WorkerSettings;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Rig {
+    fake: FakeRuntime,
+    worker: actix::Addr<DockerWorker>,
+    api: Requester,
+    _broker: SharedBroker,
+}
+
+async fn rig(fake: FakeRuntime, tweak: impl FnOnce(&mut Config, &mut WorkerConfig)) -> Rig {
+    let (broker, _) = memory_broker();
+    let mut config = Config::builtin();
+    config.worker.output_cap_bytes = 1 << 20;
+    let settings = WorkerSettings {
+        worker_id: "w1".into(),
+        config: config.clone(),
+        codex_mounts: vec![],
+        codex_env: vec![],
+    };
+    let mut wc = WorkerConfig::new(settings, "bus.docker");
+    wc.ping_every = Duration::from_millis(100);
+    tweak(&mut config, &mut wc);
+    wc.settings = Arc::new(WorkerSettings {
+        config,
+        ..(*wc.settings).clone()
+    });
+    let runtime: SharedRuntime = Arc::new(fake.clone());
+    let worker = DockerWorker::start(
+        broker.clone(),
+        requester(&broker, "worker", true),
+        Engine::Containers(runtime),
+        wc,
+    )
+    .await
+    .unwrap();
+    Rig {
+        fake,
+        worker,
+        api: requester(&broker, "api", true),
+        _broker: broker,
+    }
+}
+
+impl Rig {
+    async fn ask(&self, kind: Kind, payload: Value) -> Value {
+        let out = self
+            .api
+            .request(Request::new(
+                &kind.request("bus.docker"),
+                payload,
+                Duration::from_secs(20),
+            ))
+            .await
+            .unwrap();
+        out.replies
+            .first()
+            .map(|r| r.payload.clone())
+            .unwrap_or(json!({"error": {"type": "timeout"}}))
+    }
+
+    async fn run(&self, args: Value, extra: Value) -> Value {
+        let mut p = json!({"owner_account_id": "alice", "profile": "codex", "args": args});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        self.ask(Kind::Run, p).await
+    }
+}
+
+#[actix_rt::test]
+async fn sessions_capture_cap_and_time_out() {
+    let r = rig(FakeRuntime::new(), |_, _| {}).await;
+    let ok = r.run(json!(["printf", "hi"]), json!({})).await;
+    assert_eq!(
+        (ok["stdout"].as_str(), ok["state"].as_str()),
+        (Some("hi"), Some("succeeded")),
+        "{ok}"
+    );
+    assert_eq!(ok["runtime"]["provider"], "fake");
+    let flood = r.run(json!(["flood", "3145728"]), json!({})).await;
+    assert_eq!(flood["stdout"].as_str().unwrap().len(), 1 << 20);
+    assert_eq!(flood["stdout_truncated"], true);
+    let failed = r.run(json!(["exit", "7"]), json!({})).await;
+    assert_eq!(
+        (failed["exit_code"].as_i64(), failed["state"].as_str()),
+        (Some(7), Some("failed"))
+    );
+    let oom = r.run(json!(["oom"]), json!({})).await;
+    assert_eq!(oom["state"], "oom_killed");
+    let slow = r
+        .run(json!(["sleep", "30"]), json!({"timeout_seconds": 1}))
+        .await;
+    assert_eq!(slow["state"], "timed_out", "{slow}");
+    assert!(
+        r.fake.live().is_empty(),
+        "every container removed: {:?}",
+        r.fake.live()
+    );
+    assert_eq!(r.worker.send(LiveCount).await.unwrap(), 0);
+}
+
+#[actix_rt::test]
+async fn interactive_input_through_the_fake() {
+    let r = rig(FakeRuntime::new(), |_, _| {}).await;
+    let api = r.api.clone();
+    let run = actix_rt::spawn(async move {
+        let p = json!({"run_id": "run_cat", "owner_account_id": "alice", "profile": "codex", "args": ["cat"], "interactive": true});
+        api.request(Request::new(
+            "bus.docker.run.request",
+            p,
+            Duration::from_secs(20),
+        ))
+        .await
+        .unwrap()
+    });
+    let mut accepted = json!(null);
+    for _ in 0..50 {
+        accepted = r.ask(Kind::Input, json!({"run_id": "run_cat", "owner_account_id": "alice", "worker_id": "w1", "data": "abc", "eof": true})).await;
+        if accepted["accepted"] == true {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted["bytes"], 3, "{accepted}");
+    let out = within(10, "cat ends at eof", run).await.unwrap();
+    assert_eq!(out.replies[0].payload["stdout"], "abc");
+    // Input to a run that was not interactive is refused.
+    let api = r.api.clone();
+    let run = actix_rt::spawn(async move {
+        let p = json!({"run_id": "run_plain", "owner_account_id": "alice", "profile": "codex", "args": ["sleep", "2"]});
+        api.request(Request::new(
+            "bus.docker.run.request",
+            p,
+            Duration::from_secs(20),
+        ))
+        .await
+        .unwrap()
+    });
+    let mut refused = json!(null);
+    for _ in 0..50 {
+        refused = r.ask(Kind::Input, json!({"run_id": "run_plain", "owner_account_id": "alice", "worker_id": "w1", "data": "x"})).await;
+        if refused["error"]["type"] == "bad_request" {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interactive"),
+        "{refused}"
+    );
+    within(10, "plain run ends", run).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn an_unreachable_engine_refuses_runs_and_reports_unavailable() {
+    let fake = FakeRuntime::new();
+    fake.set_down(true);
+    let r = rig(fake, |_, _| {}).await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let run = r.run(json!(["printf", "x"]), json!({})).await;
+    assert_eq!(run["error"]["type"], "unavailable", "{run}");
+    let status = r.ask(Kind::RunnerStatus, json!({})).await;
+    assert_eq!(status["status"]["state"], "unavailable");
+    r.fake.set_down(false);
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        r.ask(Kind::RunnerStatus, json!({})).await["status"]["state"],
+        "ready"
+    );
+    assert_eq!(
+        r.run(json!(["printf", "back"]), json!({})).await["stdout"],
+        "back"
+    );
+    let missing = FakeRuntime::with_images(&["other:1"]);
+    let r2 = rig(missing, |_, _| {}).await;
+    let run = r2.run(json!(["printf", "x"]), json!({})).await;
+    assert_eq!(run["error"]["type"], "bad_request", "{run}");
+    assert!(run["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not present"));
+}
+
+#[actix_rt::test]
+async fn the_reaper_takes_only_this_workers_unpooled_orphans() {
+    let fake = FakeRuntime::new();
+    let make = |worker: &str, run: &str, pooled: bool| {
+        let mut spec = ContainerSpec {
+            image: "x".into(),
+            ..Default::default()
+        };
+        spec.labels.insert(labels::MANAGED.into(), "true".into());
+        spec.labels.insert(labels::WORKER_ID.into(), worker.into());
+        spec.labels.insert(labels::RUN_ID.into(), run.into());
+        if pooled {
+            spec.labels.insert(labels::POOLED.into(), "true".into());
+        }
+        spec
+    };
+    let orphan = fake.create(&make("w1", "run_old", false)).await.unwrap();
+    let pooled = fake.create(&make("w1", "", true)).await.unwrap();
+    let foreign = fake.create(&make("w2", "run_theirs", false)).await.unwrap();
+    let r = rig(fake, |_, _| {}).await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let live = r.fake.live();
+    assert!(!live.contains(&orphan), "own orphan removed");
+    assert!(live.contains(&pooled), "pooled container kept");
+    assert!(live.contains(&foreign), "another worker's container kept");
+    let _ = r.worker.send(Shutdown).await;
+}
+
+#[actix_rt::test]
+async fn shutdown_cancels_runs_and_removes_their_containers() {
+    let r = rig(FakeRuntime::new(), |_, _| {}).await;
+    let api = r.api.clone();
+    let run = actix_rt::spawn(async move {
+        let p = json!({"owner_account_id": "alice", "profile": "codex", "args": ["sleep", "60"]});
+        api.request(Request::new(
+            "bus.docker.run.request",
+            p,
+            Duration::from_secs(20),
+        ))
+        .await
+        .unwrap()
+    });
+    for _ in 0..100 {
+        if r.worker.send(LiveCount).await.unwrap() == 1 && !r.fake.live().is_empty() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    within(10, "shutdown", r.worker.send(Shutdown))
+        .await
+        .unwrap();
+    let out = within(10, "the run's reply", run).await.unwrap();
+    assert_eq!(
+        out.replies[0].payload["state"], "cancelled",
+        "{}",
+        out.replies[0].payload
+    );
+    assert!(r.fake.live().is_empty());
+}
