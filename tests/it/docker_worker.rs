@@ -425,3 +425,52 @@ async fn refusals_and_runner_requests() {
     );
     f.finish().await;
 }
+
+#[actix_rt::test]
+async fn codex_mounts_and_a_non_root_user() {
+    use crate::support::docker::engine;
+    use bus_containers::runtime::MountSpec;
+    let Some(runtime) = engine().await else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("auth.json"), "secret-ish").unwrap();
+    let mounts = vec![
+        MountSpec {
+            source: home.path().to_string_lossy().into(),
+            target: "/codex-home".into(),
+            read_only: true,
+        },
+        MountSpec {
+            source: workspace.path().to_string_lossy().into(),
+            target: "/workspace".into(),
+            read_only: false,
+        },
+    ];
+    let env = vec![("CODEX_HOME".to_owned(), "/codex-home".to_owned())];
+    let mut config = test_config();
+    config.profiles.get_mut("codex").unwrap().sandbox.user = Some("1000:1000".into());
+    let f = Fixture::start_settings(runtime, config, mounts, env).await;
+    std::fs::set_permissions(
+        workspace.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let script = "cat $CODEX_HOME/auth.json; echo; id -u; echo made > /workspace/out.txt; touch /codex-home/x 2>/dev/null || echo home-is-read-only; touch /etc/x 2>/dev/null || echo root-is-read-only; echo tmp > /tmp/ok && cat /tmp/ok";
+    let r = f.run(json!({"profile": "codex", "args": sh(script)})).await;
+    assert_eq!(
+        r["stdout"], "secret-ish\n1000\nhome-is-read-only\nroot-is-read-only\ntmp\n",
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(workspace.path().join("out.txt")).unwrap(),
+        "made\n"
+    );
+    // Explicit-image runs get no mounts.
+    let r = f
+        .run(json!({"image": IMAGE, "command": sh("ls /codex-home 2>&1 || echo none")}))
+        .await;
+    assert!(r["stdout"].as_str().unwrap().contains("none"), "{r}");
+    f.finish().await;
+}

@@ -97,13 +97,23 @@ impl Fixture {
 
     /// A worker on `runtime` (Docker or Podman).
     pub async fn start_on(runtime: Arc<DockerRuntime>, config: Config) -> Fixture {
+        Self::start_settings(runtime, config, vec![], vec![]).await
+    }
+
+    /// A worker with codex mounts and environment (as the CLI flags give).
+    pub async fn start_settings(
+        runtime: Arc<DockerRuntime>,
+        config: Config,
+        codex_mounts: Vec<bus_containers::runtime::MountSpec>,
+        codex_env: Vec<(String, String)>,
+    ) -> Fixture {
         let (broker, _) = memory_broker();
         let worker_id = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let settings = WorkerSettings {
             worker_id: worker_id.clone(),
             config,
-            codex_mounts: vec![],
-            codex_env: vec![],
+            codex_mounts,
+            codex_env,
         };
         let prefix = "bus.docker".to_owned();
         let publisher = requester(&broker, &format!("worker-{worker_id}"), true);
