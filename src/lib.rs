@@ -3,12 +3,14 @@
 //! - [`contract`]: wire types (envelope, event names, error bodies)
 //! - [`config`]: the `config.toml` file (worker limits, sandbox defaults, profiles)
 //! - [`containers`]: the container-events contract (kinds, owners, replies)
+//! - [`provider`]: the containers API provider (runs, ledger, usage, billing)
 //! - [`request`]: request/reply over the bus (publish + correlation waiter)
 //! - [`parse`]: Go-syntax durations and loose booleans for flags and env
 //! - [`auth`]: HS256 JWT verification, scopes, the event-name ACL, minting
 //! - [`credentials`]: where clients find their token; secret files
 //! - [`broker`]: the `Broker` seam and its memory and HTTP backends
 //! - [`runtime`]: the container-engine seam (bollard, and a fake for tests)
+//! - [`store`]: the run ledger (`RunStore`; SQLite)
 //! - [`metrics`]: Prometheus registry of a process
 //! - [`http`]: actix-web apps (Events API, probes) and their errors
 //! - [`actors`]: subscriptions, waiters, the router and the workers
@@ -29,7 +31,9 @@ pub mod credentials;
 pub mod http;
 pub mod metrics;
 pub mod parse;
+pub mod provider;
 pub mod request;
 pub mod runtime;
+pub mod store;
 pub mod telemetry;
 pub mod worker;

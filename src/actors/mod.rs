@@ -10,6 +10,7 @@
 //! Peers are held as `Recipient<M>` where a test may put a mock in the seat.
 
 pub mod dispatcher;
+pub mod live_runs;
 pub mod docker_worker;
 pub mod router;
 pub mod runner;

@@ -4,6 +4,7 @@
 mod events;
 mod integration;
 mod process;
+mod serve_containers;
 mod serve_events;
 mod token;
 mod worker;
@@ -54,6 +55,8 @@ pub enum Command {
 pub enum ApiProviderCommand {
     /// The Events API server (the bus).
     Events(serve_events::EventsServerArgs),
+    /// The containers REST API.
+    Containers(serve_containers::ContainersServerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +169,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     crate::telemetry::init(cli.log_format, if quiet_default { "warn" } else { "info" });
     match cli.command {
         Command::ApiProvider(ApiProviderCommand::Events(args)) => serve_events::run(args),
+        Command::ApiProvider(ApiProviderCommand::Containers(args)) => serve_containers::run(args),
         Command::Events(cmd) => events::run(cmd),
         Command::Integration(IntegrationCommand::Containers(args)) => integration::run_router(args),
         Command::Integration(IntegrationCommand::Docker(args)) => {

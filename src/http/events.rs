@@ -2,12 +2,12 @@
 //! NDJSON stream `GET /api/v1/events/stream`.
 
 use super::body::{parse_json, query_bool, query_map, read_limited};
+use super::ndjson::with_heartbeats;
 use super::ApiError;
 use crate::auth::{Acl, Identity, Verifier};
 use crate::broker::{Delivery, SharedBroker, SubscribeSpec};
 use crate::contract::{validate_name, Envelope, Publication};
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
 use futures::StreamExt;
 use std::time::Duration;
 
@@ -92,21 +92,16 @@ async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpRespo
         name,
     };
     let events = api.broker.subscribe(spec).await?;
-    let start = actix_rt::time::Instant::now() + api.heartbeat;
-    let ticks = actix_rt::time::interval_at(start, api.heartbeat);
-    let body = futures::stream::unfold((events, ticks), |(mut events, mut ticks)| async move {
-        tokio::select! {
-            item = events.next() => match item {
-                Some(Ok(event)) => Some((Ok::<Bytes, std::io::Error>(event.line().clone()), (events, ticks))),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "events stream ended");
-                    None
-                }
-                None => None,
-            },
-            _ = ticks.tick() => Some((Ok(Bytes::from_static(b"\n")), (events, ticks))),
-        }
-    });
+    let lines = events
+        .take_while(|item| {
+            if let Err(e) = item {
+                tracing::warn!(error = %e, "events stream ended");
+            }
+            futures::future::ready(item.is_ok())
+        })
+        .filter_map(|item| futures::future::ready(item.ok().map(|event| event.line().clone())))
+        .boxed_local();
+    let body = with_heartbeats(lines, api.heartbeat);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header(("Cache-Control", "no-cache"))

@@ -3,7 +3,10 @@
 
 pub mod body;
 pub mod error;
+pub mod containers;
 pub mod events;
+pub mod ndjson;
+pub mod request_metrics;
 pub mod probes;
 pub mod server;
 

@@ -80,3 +80,39 @@ pub fn start_probes(listener: TcpListener, probes: probes::Probes) -> std::io::R
     .run();
     Ok(server)
 }
+
+/// Starts the containers API with its probes and request metrics.
+pub fn start_containers(
+    listener: TcpListener,
+    api: super::containers::ContainersApi,
+    probes: probes::Probes,
+    metrics: super::request_metrics::RequestMetrics,
+    workers: usize,
+) -> std::io::Result<Server> {
+    use actix_web::dev::Service;
+    let server = HttpServer::new(move || {
+        let (api, probes, metrics) = (api.clone(), probes.clone(), metrics.clone());
+        App::new()
+            .wrap_fn(move |req, srv| {
+                let started = std::time::Instant::now();
+                let method = req.method().to_string();
+                let route = super::request_metrics::route_of(&req);
+                let metrics = metrics.clone();
+                let fut = srv.call(req);
+                async move {
+                    let res = fut.await?;
+                    super::request_metrics::finish(&metrics, &method, &route, started, &res);
+                    Ok(res)
+                }
+            })
+            .configure(|cfg| super::containers::configure(cfg, api))
+            .configure(|cfg| probes::configure(cfg, probes))
+            .default_service(web::to(no_route))
+    })
+    .workers(workers.max(1))
+    .tcp_nodelay(true)
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,229 @@
+//! `bus api-provider containers`: the containers REST API.
+
+use super::process::{connect, hostname, stop_signal, BusArgs};
+use super::Failure;
+use crate::actors::dispatcher::ReplyMetrics;
+use crate::actors::live_runs::LiveRuns;
+use crate::actors::subscription::Subscription;
+use crate::auth::{Secrets, Verifier, AUDIENCE_API, AUDIENCE_INTERNAL};
+use crate::broker::SubscribeSpec;
+use crate::containers::{Kind, PUBLIC_PREFIX};
+use crate::http::containers::ContainersApi;
+use crate::http::probes::Probes;
+use crate::http::request_metrics::RequestMetrics;
+use crate::http::server;
+use crate::metrics::Metrics;
+use crate::parse::parse_duration;
+use crate::provider::backend::{Backend, BusBackend, StaticBackend};
+use crate::provider::usage::{Billing, Usage, BILLING_EVENT};
+use crate::provider::{Provider, ProviderConfig, ProviderMetrics};
+use crate::request::{reply_name, Requester};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Retention, SharedStore};
+use actix::Actor;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum ApiBackend {
+    /// Deterministic static answers, no bus.
+    #[default]
+    Static,
+    /// Requests on the bus (router or a standalone worker).
+    Events,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum UsageBackend {
+    #[default]
+    None,
+    Events,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum BillingBackend {
+    #[default]
+    None,
+    Events,
+}
+
+#[derive(Debug, Args)]
+pub struct ContainersServerArgs {
+    /// Listen address.
+    #[arg(long, env = "BUS_CONTAINERS_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    #[arg(long, env = "BUS_CONTAINERS_BACKEND", value_enum, default_value_t)]
+    pub backend: ApiBackend,
+    /// Events API origin (with --backend events, --usage-backend events or
+    /// --billing-backend events).
+    #[arg(long, env = "BUS_EVENTS_API_URL", default_value = "http://127.0.0.1:8081")]
+    pub events_url: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub usage_backend: UsageBackend,
+    #[arg(long, value_enum, default_value_t)]
+    pub billing_backend: BillingBackend,
+    /// Longest a run may wait for its result (Go duration).
+    #[arg(long, env = "BUS_CONTAINERS_REQUEST_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// The run ledger: a SQLite file (default: <data-dir>/runs.sqlite).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Where the ledger lives (default: $XDG_DATA_HOME/bus or ~/.local/share/bus).
+    #[arg(long, env = "BUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Stable id of this provider (default: the host name).
+    #[arg(long, env = "BUS_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Concurrent runs per account on this instance (0: no limit).
+    #[arg(long, default_value_t = 16)]
+    pub max_concurrent_runs: usize,
+    /// Finished records older than this are removed (Go duration).
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    pub retention_max_age: Duration,
+    /// At most this many records are kept.
+    #[arg(long, default_value_t = 100_000)]
+    pub retention_max_runs: usize,
+    /// Output kept per run and stream for log followers.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub output_cap_bytes: usize,
+    /// Largest request body.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Heartbeat on log streams.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// `$BUS_DATA_DIR`, else `$XDG_DATA_HOME/bus`, else `~/.local/share/bus`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("bus");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local").join("share").join("bus")
+}
+
+fn open_store(args: &ContainersServerArgs) -> Result<SharedStore, Failure> {
+    let path = match &args.store {
+        Some(p) if p.to_string_lossy().starts_with("nats://") => {
+            return Err(Failure::usage("a nats:// run ledger needs the NATS backend, which this build does not include yet"))
+        }
+        Some(p) => p.clone(),
+        None => args.data_dir.clone().unwrap_or_else(default_data_dir).join("runs.sqlite"),
+    };
+    let store = SqliteStore::open(&path).map_err(|e| Failure::error(e.to_string()))?;
+    tracing::info!(path = %path.display(), "run ledger open");
+    Ok(Arc::new(store))
+}
+
+pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
+    let previous = if std::env::var_os("BUS_CONTAINERS_JWT_SECRET_PREVIOUS").is_some() {
+        "BUS_CONTAINERS_JWT_SECRET_PREVIOUS"
+    } else {
+        "BUS_API_JWT_SECRET_PREVIOUS"
+    };
+    let secrets = Secrets::from_env(&["BUS_CONTAINERS_JWT_SECRET", "BUS_API_JWT_SECRET"], previous).map_err(Failure::usage)?;
+    if args.request_timeout.is_zero() || args.heartbeat.is_zero() {
+        return Err(Failure::usage("--request-timeout and --heartbeat must be greater than zero"));
+    }
+    let store = open_store(&args)?;
+    let needs_bus = args.backend == ApiBackend::Events
+        || args.usage_backend == UsageBackend::Events
+        || args.billing_backend == BillingBackend::Events;
+    let bus = if needs_bus {
+        Some(connect(&BusArgs { events_url: args.events_url.clone(), addr: None })?)
+    } else {
+        None
+    };
+    let listener = server::listen(&args.addr)?;
+    let addr = server::local_addr(&listener);
+    let instance_id = args.instance_id.clone().unwrap_or_else(hostname);
+    actix_rt::System::new().block_on(async move {
+        let metrics = Metrics::new();
+        let lost = store.mark_lost(&instance_id).await.map_err(|e| Failure::error(e.to_string()))?;
+        if lost > 0 {
+            tracing::warn!(lost, instance_id = %instance_id, "runs this instance left running are recorded lost");
+        }
+        let retention = Retention { max_age: args.retention_max_age, max_runs: args.retention_max_runs };
+        let prune_store = store.clone();
+        actix_rt::spawn(async move {
+            loop {
+                match prune_store.prune(retention).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "run ledger retention"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "run ledger retention failed"),
+                }
+                actix_rt::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+        let pmetrics = ProviderMetrics::register(&metrics);
+        let live = LiveRuns::new(args.output_cap_bytes, store.clone()).start();
+        let requester = bus
+            .as_ref()
+            .map(|b| Requester::new(b.broker.clone(), b.identity.clone(), ReplyMetrics::register(&metrics, "bus_api")));
+        let backend: Arc<dyn Backend> = match (&args.backend, &requester) {
+            (ApiBackend::Events, Some(r)) => {
+                for kind in Kind::ALL {
+                    r.listen(&kind.response(PUBLIC_PREFIX)).await?;
+                }
+                for event in ["run.started", "run.output"] {
+                    let spec = SubscribeSpec::broadcast(format!("{PUBLIC_PREFIX}.{event}")).consumer(format!("api-{instance_id}"));
+                    Subscription::start(r.broker().clone(), spec, live.clone().recipient()).await?;
+                }
+                Arc::new(BusBackend { requester: r.clone() })
+            }
+            _ => Arc::new(StaticBackend),
+        };
+        let usage = match (args.usage_backend, &requester) {
+            (UsageBackend::Events, Some(r)) => Usage::events(r.clone(), pmetrics.usage_failures.clone()),
+            (UsageBackend::Memory, _) => Usage::Memory(Default::default()),
+            _ => Usage::None,
+        };
+        let billing = match (args.billing_backend, &requester) {
+            (BillingBackend::Events, Some(r)) => {
+                r.listen(&reply_name(BILLING_EVENT)).await?;
+                Billing::Events(r.clone())
+            }
+            _ => Billing::None,
+        };
+        let provider = Provider {
+            backend: backend.clone(),
+            store,
+            live,
+            usage,
+            billing,
+            config: ProviderConfig {
+                instance_id: instance_id.clone(),
+                request_timeout: args.request_timeout,
+                default_timeout: crate::containers::DEFAULT_REQUEST_TIMEOUT,
+                max_concurrent_runs: args.max_concurrent_runs,
+                output_cap: args.output_cap_bytes,
+            },
+            metrics: pmetrics,
+        };
+        let api = ContainersApi {
+            provider,
+            public: Verifier::new(&secrets, AUDIENCE_API),
+            internal: Verifier::new(&secrets, AUDIENCE_INTERNAL),
+            max_body: args.max_body_bytes,
+            heartbeat: args.heartbeat,
+        };
+        let probes = Probes { ready: Arc::new(move || backend.ready()), metrics: metrics.clone() };
+        let request_metrics = RequestMetrics::register(&metrics, "bus_api");
+        let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let srv = server::start_containers(listener, api, probes, request_metrics, workers)?;
+        let handle = srv.handle();
+        tracing::info!(%addr, backend = ?args.backend, instance_id = %instance_id, "containers API listening");
+        actix_rt::spawn(async move {
+            stop_signal().await;
+            handle.stop(true).await;
+        });
+        srv.await.map_err(Failure::from)
+    })
+}

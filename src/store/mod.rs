@@ -1,0 +1,74 @@
+//! The run ledger: one record per run, written as `running` before the
+//! request is published and completed after. `RunStore` is the seam; the
+//! embedded default is a SQLite file ([`sqlite::SqliteStore`]).
+
+pub mod sqlite;
+
+use crate::containers::state::RunState;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One run as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub owner_account_id: String,
+    pub state: RunState,
+    /// The API provider instance that accepted the run.
+    pub instance_id: String,
+    /// The worker running it (from `run.started`).
+    pub worker_id: Option<String>,
+    pub profile: Option<String>,
+    pub image: Option<String>,
+    pub args: Vec<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    /// The run result (or `{"error":{...}}`) once finished.
+    pub result: Option<Value>,
+}
+
+/// Why a ledger call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("run ledger: {0}")]
+pub struct StoreError(pub String);
+
+/// A page of an account's runs, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub items: Vec<RunRecord>,
+    /// The cursor for the next page (`before=`), when there is one.
+    pub next: Option<String>,
+}
+
+/// Retention of finished records.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_runs: usize,
+}
+
+/// The ledger seam.
+pub trait RunStore: Send + Sync + 'static {
+    /// Writes a new record (state `running`).
+    fn insert(&self, record: RunRecord) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Records the worker of a running run.
+    fn set_worker(&self, run_id: &str, worker_id: &str) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Completes a `running` record; `false` when there is none (deleted,
+    /// or already completed): a late result never resurrects a run.
+    fn complete(&self, run_id: &str, state: RunState, result: Value) -> BoxFuture<'static, Result<bool, StoreError>>;
+    fn get(&self, run_id: &str) -> BoxFuture<'static, Result<Option<RunRecord>, StoreError>>;
+    /// An account's runs, newest first, before the `before` run id.
+    fn list(&self, owner: &str, limit: usize, before: Option<String>) -> BoxFuture<'static, Result<Page, StoreError>>;
+    /// Removes a record; `false` when there was none.
+    fn delete(&self, run_id: &str) -> BoxFuture<'static, Result<bool, StoreError>>;
+    /// Marks this instance's `running` records `lost` (start-up after a
+    /// crash); returns how many.
+    fn mark_lost(&self, instance_id: &str) -> BoxFuture<'static, Result<usize, StoreError>>;
+    /// Removes finished records past the retention; returns how many.
+    fn prune(&self, retention: Retention) -> BoxFuture<'static, Result<usize, StoreError>>;
+}
+
+pub type SharedStore = Arc<dyn RunStore>;
