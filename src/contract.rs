@@ -150,6 +150,10 @@ pub enum ErrorType {
     BillingRequired,
     Forbidden,
     NotFound,
+    /// The path exists; the method does not (ours: 405).
+    MethodNotAllowed,
+    /// The run is not in a state that allows this (ours: 409).
+    Conflict,
     PayloadTooLarge,
     RateLimited,
     Timeout,
@@ -168,6 +172,8 @@ impl ErrorType {
             ErrorType::BillingRequired => "billing_required",
             ErrorType::Forbidden => "forbidden",
             ErrorType::NotFound => "not_found",
+            ErrorType::MethodNotAllowed => "method_not_allowed",
+            ErrorType::Conflict => "conflict",
             ErrorType::PayloadTooLarge => "payload_too_large",
             ErrorType::RateLimited => "rate_limited",
             ErrorType::Timeout => "timeout",
@@ -187,6 +193,8 @@ impl ErrorType {
             ErrorType::BillingRequired => 402,
             ErrorType::Forbidden => 403,
             ErrorType::NotFound => 404,
+            ErrorType::MethodNotAllowed => 405,
+            ErrorType::Conflict => 409,
             ErrorType::PayloadTooLarge => 413,
             ErrorType::RateLimited => 429,
             ErrorType::Timeout | ErrorType::Unavailable => 503,

@@ -14,18 +14,121 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .map(Duration::from_secs)
             .map_err(|_| format!("duration {text:?} is too large"));
     }
-    // The Go port indexes by byte after a sign check; keep it on ASCII so a
-    // stray multi-byte character is an error, never a panic. (`µs` has an
-    // ASCII spelling, `us`.)
-    let ascii = text.replace('µ', "u");
-    if !ascii.is_ascii() {
-        return Err(invalid(text));
+    go_duration(text).ok_or_else(|| invalid(text))
+}
+
+/// Go's `time.ParseDuration` for non-negative durations: a sequence of
+/// decimal numbers, each with an optional fraction and a unit (`ns`, `us`
+/// or `µs`, `ms`, `s`, `m`, `h`), e.g. `1h30m`, `1.5h`, `250ms`; `0` alone
+/// is zero. Arithmetic is checked: too large is `None`, never a panic.
+fn go_duration(text: &str) -> Option<Duration> {
+    if text == "0" || text == "+0" {
+        return Some(Duration::ZERO);
     }
-    match go_parse_duration::parse_duration(&ascii) {
-        Ok(nanos) if nanos < 0 => Err(format!("duration {text:?} is negative")),
-        Ok(nanos) => Ok(Duration::from_nanos(nanos as u64)),
-        Err(_) => Err(invalid(text)),
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest.is_empty() {
+        return None;
     }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let int_part = &rest[..int_len];
+        rest = &rest[int_len..];
+        let mut frac_part = "";
+        if let Some(after) = rest.strip_prefix('.') {
+            let frac_len = after.bytes().take_while(u8::is_ascii_digit).count();
+            frac_part = &after[..frac_len];
+            rest = &after[frac_len..];
+        }
+        if int_part.is_empty() && frac_part.is_empty() {
+            return None;
+        }
+        let unit_len = rest
+            .char_indices()
+            .find(|(_, c)| *c == '.' || c.is_ascii_digit())
+            .map(|(i, _)| i)
+            .unwrap_or(rest.len());
+        let unit: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        let mut whole: u128 = 0;
+        for b in int_part.bytes() {
+            whole = whole.checked_mul(10)?.checked_add(u128::from(b - b'0'))?;
+        }
+        let mut nanos = whole.checked_mul(unit)?;
+        // The fraction, to nanosecond precision (digits past 1e-30 of a unit
+        // cannot matter).
+        let mut scale: u128 = 1;
+        let mut frac: u128 = 0;
+        for b in frac_part.bytes().take(30) {
+            frac = frac * 10 + u128::from(b - b'0');
+            scale *= 10;
+        }
+        nanos = nanos.checked_add(frac.checked_mul(unit)? / scale)?;
+        total = total.checked_add(nanos)?;
+    }
+    let secs = u64::try_from(total / 1_000_000_000).ok()?;
+    Some(Duration::new(secs, (total % 1_000_000_000) as u32))
+}
+
+/// Like [`parse_duration`], but a well-formed duration too large to
+/// represent is `cap`, and every result is at most `cap`.
+pub fn parse_duration_capped(text: &str, cap: Duration) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(d) => Ok(d.min(cap)),
+        Err(e) if go_syntax(text.trim()) => {
+            // Well-formed but too large to represent: as long as allowed.
+            let _ = e;
+            Ok(cap)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `^([0-9]+|([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+)$`
+fn go_syntax(t: &str) -> bool {
+    let b = t.as_bytes();
+    if !b.is_empty() && b.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    let mut i = 0;
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > start
+    };
+    if b.is_empty() {
+        return false;
+    }
+    while i < b.len() {
+        if !digits(&mut i) {
+            return false;
+        }
+        if i < b.len() && b[i] == b'.' {
+            i += 1;
+            if !digits(&mut i) {
+                return false;
+            }
+        }
+        let rest = &t[i..];
+        let unit = ["ns", "us", "ms", "s", "m", "h"]
+            .iter()
+            .find(|u| rest.starts_with(**u));
+        match unit {
+            Some(u) => i += u.len(),
+            None => return false,
+        }
+    }
+    true
 }
 
 fn invalid(text: &str) -> String {
@@ -115,6 +218,23 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn capped() {
+        let cap = Duration::from_secs(60);
+        assert_eq!(
+            parse_duration_capped("10s", cap),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(parse_duration_capped("99999999999999h", cap), Ok(cap));
+        assert_eq!(
+            parse_duration_capped("99999999999999999999999", cap),
+            Ok(cap)
+        );
+        assert!(parse_duration_capped("soon", cap).is_err());
+        assert!(parse_duration_capped("1.5.5h", cap).is_err());
+        assert!(parse_duration_capped("", cap).is_err());
     }
 
     #[test]

@@ -46,7 +46,11 @@ pub struct LiveRuns {
 
 impl LiveRuns {
     pub fn new(output_cap: usize, store: SharedStore) -> Self {
-        LiveRuns { runs: HashMap::new(), output_cap, store }
+        LiveRuns {
+            runs: HashMap::new(),
+            output_cap,
+            store,
+        }
     }
 
     fn count(&self, owner: &str) -> usize {
@@ -80,7 +84,14 @@ impl Handler<Begin> for LiveRuns {
         }
         self.runs.insert(
             msg.run_id,
-            Live { owner: msg.owner, worker_id: None, chunks: Vec::new(), bytes: [0, 0], followers: Vec::new(), waiters: Vec::new() },
+            Live {
+                owner: msg.owner,
+                worker_id: None,
+                chunks: Vec::new(),
+                bytes: [0, 0],
+                followers: Vec::new(),
+                waiters: Vec::new(),
+            },
         );
         Ok(())
     }
@@ -199,8 +210,12 @@ impl Handler<Delivered> for LiveRuns {
             return;
         }
         let p = &event.payload;
-        let Some(run_id) = p.get("run_id").and_then(Value::as_str) else { return };
-        let Some(run) = self.runs.get_mut(run_id) else { return };
+        let Some(run_id) = p.get("run_id").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
         if p.get("owner_account_id").and_then(Value::as_str) != Some(run.owner.as_str()) {
             return;
         }
@@ -227,11 +242,19 @@ impl Handler<Delivered> for LiveRuns {
         }
         run.bytes[i] += data.len();
         let chunk = LogChunk {
-            seq: p.get("seq").and_then(Value::as_u64).unwrap_or(run.chunks.len() as u64),
-            stream: if i == 1 { "stderr".into() } else { "stdout".into() },
+            seq: p
+                .get("seq")
+                .and_then(Value::as_u64)
+                .unwrap_or(run.chunks.len() as u64),
+            stream: if i == 1 {
+                "stderr".into()
+            } else {
+                "stdout".into()
+            },
             data: data.to_owned(),
         };
-        run.followers.retain(|f| f.try_send(LogItem::Chunk(chunk.clone())).is_ok());
+        run.followers
+            .retain(|f| f.try_send(LogItem::Chunk(chunk.clone())).is_ok());
         run.chunks.push(chunk);
     }
 }
@@ -240,8 +263,16 @@ impl Handler<Delivered> for LiveRuns {
 pub fn chunks_of_result(result: &Value) -> Vec<LogChunk> {
     let mut out = Vec::new();
     for stream in ["stdout", "stderr"] {
-        if let Some(text) = result.get(stream).and_then(Value::as_str).filter(|t| !t.is_empty()) {
-            out.push(LogChunk { seq: out.len() as u64, stream: stream.into(), data: text.to_owned() });
+        if let Some(text) = result
+            .get(stream)
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            out.push(LogChunk {
+                seq: out.len() as u64,
+                stream: stream.into(),
+                data: text.to_owned(),
+            });
         }
     }
     out

@@ -10,8 +10,8 @@
 //! Peers are held as `Recipient<M>` where a test may put a mock in the seat.
 
 pub mod dispatcher;
-pub mod live_runs;
 pub mod docker_worker;
+pub mod live_runs;
 pub mod router;
 pub mod runner;
 pub mod session;

@@ -3,8 +3,8 @@
 
 mod events;
 mod integration;
-mod process;
-mod serve_containers;
+pub mod process;
+pub mod serve_containers;
 mod serve_events;
 mod token;
 mod worker;

@@ -59,7 +59,11 @@ pub struct ContainersServerArgs {
     pub backend: ApiBackend,
     /// Events API origin (with --backend events, --usage-backend events or
     /// --billing-backend events).
-    #[arg(long, env = "BUS_EVENTS_API_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "BUS_EVENTS_API_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub events_url: String,
     #[arg(long, value_enum, default_value_t)]
     pub usage_backend: UsageBackend,
@@ -105,125 +109,232 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("bus");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local").join("share").join("bus")
 }
 
 fn open_store(args: &ContainersServerArgs) -> Result<SharedStore, Failure> {
     let path = match &args.store {
-        Some(p) if p.to_string_lossy().starts_with("nats://") => {
-            return Err(Failure::usage("a nats:// run ledger needs the NATS backend, which this build does not include yet"))
-        }
+        Some(p) if p.to_string_lossy().starts_with("nats://") => return Err(Failure::usage(
+            "a nats:// run ledger needs the NATS backend, which this build does not include yet",
+        )),
         Some(p) => p.clone(),
-        None => args.data_dir.clone().unwrap_or_else(default_data_dir).join("runs.sqlite"),
+        None => args
+            .data_dir
+            .clone()
+            .unwrap_or_else(default_data_dir)
+            .join("runs.sqlite"),
     };
     let store = SqliteStore::open(&path).map_err(|e| Failure::error(e.to_string()))?;
     tracing::info!(path = %path.display(), "run ledger open");
     Ok(Arc::new(store))
 }
 
-pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
+/// Everything `start` needs, from flags or from a caller such as `bus dev`.
+#[derive(Clone)]
+pub struct ContainersOptions {
+    pub backend: ApiBackend,
+    pub usage_backend: UsageBackend,
+    pub billing_backend: BillingBackend,
+    pub request_timeout: Duration,
+    pub instance_id: String,
+    pub max_concurrent_runs: usize,
+    pub retention: Retention,
+    pub output_cap_bytes: usize,
+    pub max_body_bytes: usize,
+    pub heartbeat: Duration,
+    pub workers: usize,
+}
+
+/// A running containers API.
+pub struct ContainersServer {
+    pub server: actix_web::dev::Server,
+    pub addr: std::net::SocketAddr,
+    pub metrics: Metrics,
+    pub usage: Usage,
+}
+
+/// Starts the containers API on `listener` inside the current actix
+/// System: marks this instance's leftover `running` records lost, starts
+/// retention, wires the backend, usage and billing, and serves.
+pub async fn start(
+    opts: ContainersOptions,
+    secrets: Secrets,
+    store: SharedStore,
+    bus: Option<(crate::broker::SharedBroker, crate::request::BusIdentity)>,
+    listener: std::net::TcpListener,
+) -> Result<ContainersServer, Failure> {
+    let addr = server::local_addr(&listener);
+    let metrics = Metrics::new();
+    let instance_id = opts.instance_id.clone();
+    let lost = store
+        .mark_lost(&instance_id)
+        .await
+        .map_err(|e| Failure::error(e.to_string()))?;
+    if lost > 0 {
+        tracing::warn!(lost, instance_id = %instance_id, "runs this instance left running are recorded lost");
+    }
+    let retention = opts.retention;
+    let prune_store = store.clone();
+    actix_rt::spawn(async move {
+        loop {
+            match prune_store.prune(retention).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "run ledger retention"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "run ledger retention failed"),
+            }
+            actix_rt::time::sleep(Duration::from_secs(3600)).await;
+        }
+    });
+    let pmetrics = ProviderMetrics::register(&metrics);
+    let live = LiveRuns::new(opts.output_cap_bytes, store.clone()).start();
+    let requester = bus.as_ref().map(|(broker, identity)| {
+        Requester::new(
+            broker.clone(),
+            identity.clone(),
+            ReplyMetrics::register(&metrics, "bus_api"),
+        )
+    });
+    let needs_bus = opts.backend == ApiBackend::Events
+        || opts.usage_backend == UsageBackend::Events
+        || opts.billing_backend == BillingBackend::Events;
+    if needs_bus && requester.is_none() {
+        return Err(Failure::usage(
+            "the events backends need a connection to the bus",
+        ));
+    }
+    let backend: Arc<dyn Backend> = match (&opts.backend, &requester) {
+        (ApiBackend::Events, Some(r)) => {
+            for kind in Kind::ALL {
+                r.listen(&kind.response(PUBLIC_PREFIX)).await?;
+            }
+            for event in ["run.started", "run.output"] {
+                let spec = SubscribeSpec::broadcast(format!("{PUBLIC_PREFIX}.{event}"))
+                    .consumer(format!("api-{instance_id}"));
+                Subscription::start(r.broker().clone(), spec, live.clone().recipient()).await?;
+            }
+            Arc::new(BusBackend {
+                requester: r.clone(),
+            })
+        }
+        _ => Arc::new(StaticBackend),
+    };
+    let usage = match (opts.usage_backend, &requester) {
+        (UsageBackend::Events, Some(r)) => {
+            Usage::events(r.clone(), pmetrics.usage_failures.clone())
+        }
+        (UsageBackend::Memory, _) => Usage::Memory(Default::default()),
+        _ => Usage::None,
+    };
+    let billing = match (opts.billing_backend, &requester) {
+        (BillingBackend::Events, Some(r)) => {
+            r.listen(&reply_name(BILLING_EVENT)).await?;
+            Billing::Events(r.clone())
+        }
+        _ => Billing::None,
+    };
+    let provider = Provider {
+        backend: backend.clone(),
+        store,
+        live,
+        usage: usage.clone(),
+        billing,
+        config: ProviderConfig {
+            instance_id: instance_id.clone(),
+            request_timeout: opts.request_timeout,
+            default_timeout: crate::containers::DEFAULT_REQUEST_TIMEOUT,
+            max_concurrent_runs: opts.max_concurrent_runs,
+            output_cap: opts.output_cap_bytes,
+        },
+        metrics: pmetrics,
+    };
+    let api = ContainersApi {
+        provider,
+        public: Verifier::new(&secrets, AUDIENCE_API),
+        internal: Verifier::new(&secrets, AUDIENCE_INTERNAL),
+        max_body: opts.max_body_bytes,
+        heartbeat: opts.heartbeat,
+    };
+    let probes = Probes {
+        ready: Arc::new(move || backend.ready()),
+        metrics: metrics.clone(),
+    };
+    let request_metrics = RequestMetrics::register(&metrics, "bus_api");
+    let server = server::start_containers(listener, api, probes, request_metrics, opts.workers)?;
+    tracing::info!(%addr, backend = ?opts.backend, instance_id = %instance_id, "containers API listening");
+    Ok(ContainersServer {
+        server,
+        addr,
+        metrics,
+        usage,
+    })
+}
+
+/// The containers API's secrets: `BUS_CONTAINERS_JWT_SECRET`, falling back
+/// to `BUS_API_JWT_SECRET` (and their `_PREVIOUS` for rotation).
+pub fn secrets_from_env() -> Result<Secrets, Failure> {
     let previous = if std::env::var_os("BUS_CONTAINERS_JWT_SECRET_PREVIOUS").is_some() {
         "BUS_CONTAINERS_JWT_SECRET_PREVIOUS"
     } else {
         "BUS_API_JWT_SECRET_PREVIOUS"
     };
-    let secrets = Secrets::from_env(&["BUS_CONTAINERS_JWT_SECRET", "BUS_API_JWT_SECRET"], previous).map_err(Failure::usage)?;
+    Secrets::from_env(
+        &["BUS_CONTAINERS_JWT_SECRET", "BUS_API_JWT_SECRET"],
+        previous,
+    )
+    .map_err(Failure::usage)
+}
+
+pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
+    let secrets = secrets_from_env()?;
     if args.request_timeout.is_zero() || args.heartbeat.is_zero() {
-        return Err(Failure::usage("--request-timeout and --heartbeat must be greater than zero"));
+        return Err(Failure::usage(
+            "--request-timeout and --heartbeat must be greater than zero",
+        ));
     }
     let store = open_store(&args)?;
     let needs_bus = args.backend == ApiBackend::Events
         || args.usage_backend == UsageBackend::Events
         || args.billing_backend == BillingBackend::Events;
     let bus = if needs_bus {
-        Some(connect(&BusArgs { events_url: args.events_url.clone(), addr: None })?)
+        let b = connect(&BusArgs {
+            events_url: args.events_url.clone(),
+            addr: None,
+        })?;
+        Some((b.broker, b.identity))
     } else {
         None
     };
     let listener = server::listen(&args.addr)?;
-    let addr = server::local_addr(&listener);
-    let instance_id = args.instance_id.clone().unwrap_or_else(hostname);
+    let opts = ContainersOptions {
+        backend: args.backend,
+        usage_backend: args.usage_backend,
+        billing_backend: args.billing_backend,
+        request_timeout: args.request_timeout,
+        instance_id: args.instance_id.clone().unwrap_or_else(hostname),
+        max_concurrent_runs: args.max_concurrent_runs,
+        retention: Retention {
+            max_age: args.retention_max_age,
+            max_runs: args.retention_max_runs,
+        },
+        output_cap_bytes: args.output_cap_bytes,
+        max_body_bytes: args.max_body_bytes,
+        heartbeat: args.heartbeat,
+        workers: args.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+    };
     actix_rt::System::new().block_on(async move {
-        let metrics = Metrics::new();
-        let lost = store.mark_lost(&instance_id).await.map_err(|e| Failure::error(e.to_string()))?;
-        if lost > 0 {
-            tracing::warn!(lost, instance_id = %instance_id, "runs this instance left running are recorded lost");
-        }
-        let retention = Retention { max_age: args.retention_max_age, max_runs: args.retention_max_runs };
-        let prune_store = store.clone();
-        actix_rt::spawn(async move {
-            loop {
-                match prune_store.prune(retention).await {
-                    Ok(n) if n > 0 => tracing::info!(removed = n, "run ledger retention"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "run ledger retention failed"),
-                }
-                actix_rt::time::sleep(Duration::from_secs(3600)).await;
-            }
-        });
-        let pmetrics = ProviderMetrics::register(&metrics);
-        let live = LiveRuns::new(args.output_cap_bytes, store.clone()).start();
-        let requester = bus
-            .as_ref()
-            .map(|b| Requester::new(b.broker.clone(), b.identity.clone(), ReplyMetrics::register(&metrics, "bus_api")));
-        let backend: Arc<dyn Backend> = match (&args.backend, &requester) {
-            (ApiBackend::Events, Some(r)) => {
-                for kind in Kind::ALL {
-                    r.listen(&kind.response(PUBLIC_PREFIX)).await?;
-                }
-                for event in ["run.started", "run.output"] {
-                    let spec = SubscribeSpec::broadcast(format!("{PUBLIC_PREFIX}.{event}")).consumer(format!("api-{instance_id}"));
-                    Subscription::start(r.broker().clone(), spec, live.clone().recipient()).await?;
-                }
-                Arc::new(BusBackend { requester: r.clone() })
-            }
-            _ => Arc::new(StaticBackend),
-        };
-        let usage = match (args.usage_backend, &requester) {
-            (UsageBackend::Events, Some(r)) => Usage::events(r.clone(), pmetrics.usage_failures.clone()),
-            (UsageBackend::Memory, _) => Usage::Memory(Default::default()),
-            _ => Usage::None,
-        };
-        let billing = match (args.billing_backend, &requester) {
-            (BillingBackend::Events, Some(r)) => {
-                r.listen(&reply_name(BILLING_EVENT)).await?;
-                Billing::Events(r.clone())
-            }
-            _ => Billing::None,
-        };
-        let provider = Provider {
-            backend: backend.clone(),
-            store,
-            live,
-            usage,
-            billing,
-            config: ProviderConfig {
-                instance_id: instance_id.clone(),
-                request_timeout: args.request_timeout,
-                default_timeout: crate::containers::DEFAULT_REQUEST_TIMEOUT,
-                max_concurrent_runs: args.max_concurrent_runs,
-                output_cap: args.output_cap_bytes,
-            },
-            metrics: pmetrics,
-        };
-        let api = ContainersApi {
-            provider,
-            public: Verifier::new(&secrets, AUDIENCE_API),
-            internal: Verifier::new(&secrets, AUDIENCE_INTERNAL),
-            max_body: args.max_body_bytes,
-            heartbeat: args.heartbeat,
-        };
-        let probes = Probes { ready: Arc::new(move || backend.ready()), metrics: metrics.clone() };
-        let request_metrics = RequestMetrics::register(&metrics, "bus_api");
-        let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-        let srv = server::start_containers(listener, api, probes, request_metrics, workers)?;
-        let handle = srv.handle();
-        tracing::info!(%addr, backend = ?args.backend, instance_id = %instance_id, "containers API listening");
+        let started = start(opts, secrets, store, bus, listener).await?;
+        let handle = started.server.handle();
         actix_rt::spawn(async move {
             stop_signal().await;
             handle.stop(true).await;
         });
-        srv.await.map_err(Failure::from)
+        started.server.await.map_err(Failure::from)
     })
 }

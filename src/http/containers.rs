@@ -2,7 +2,7 @@
 //! audience and scope, strict bodies and queries, account isolation. The
 //! work itself is the [`Provider`]'s.
 
-use super::body::{parse_json, query_bool, query_map, read_limited};
+use super::body::{query_bool, query_map, read_limited};
 use super::events::bearer_identity;
 use super::ndjson::{line, with_heartbeats};
 use super::ApiError;
@@ -10,7 +10,7 @@ use crate::actors::live_runs::{chunks_of_result, exit_line, Follow, LogItem};
 use crate::auth::{scopes, Identity, Verifier};
 use crate::containers::state::RunState;
 use crate::containers::Kind;
-use crate::provider::body::{CreateRun, Input};
+use crate::provider::body::{strict_object, CreateRun, Input};
 use crate::provider::{valid_run_id, Created, Provider};
 use crate::store::RunRecord;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -50,7 +50,10 @@ fn operator(req: &HttpRequest, api: &ContainersApi) -> Result<Identity, ApiError
 }
 
 fn run_id(req: &HttpRequest) -> String {
-    req.match_info().get("run_id").unwrap_or_default().to_owned()
+    req.match_info()
+        .get("run_id")
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn record_json(r: &RunRecord) -> Value {
@@ -86,13 +89,19 @@ async fn status(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpR
     Ok(HttpResponse::Ok().json(api.provider.status(&who.sub).await?))
 }
 
-async fn create(req: HttpRequest, payload: web::Payload, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
+async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    api: web::Data<ContainersApi>,
+) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_RUN)?;
     let body = read_limited(&req, payload, api.max_body).await?;
-    let run: CreateRun = parse_json(&body)?;
+    let run: CreateRun = strict_object(&body)?;
     match api.provider.create(&who.sub, run).await? {
         Created::Done(result) => Ok(HttpResponse::Ok().json(result)),
-        Created::Accepted(run_id) => Ok(HttpResponse::Accepted().json(json!({"run_id": run_id, "state": "running"}))),
+        Created::Accepted(run_id) => {
+            Ok(HttpResponse::Accepted().json(json!({"run_id": run_id, "state": "running"})))
+        }
     }
 }
 
@@ -125,13 +134,19 @@ async fn list(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(out))
 }
 
-async fn get_run(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
+async fn get_run(
+    req: HttpRequest,
+    api: web::Data<ContainersApi>,
+) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_READ)?;
     let record = api.provider.owned(&run_id(&req), &who.sub).await?;
     Ok(HttpResponse::Ok().json(record_json(&record)))
 }
 
-async fn delete_run(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
+async fn delete_run(
+    req: HttpRequest,
+    api: web::Data<ContainersApi>,
+) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_DELETE)?;
     Ok(HttpResponse::Ok().json(api.provider.delete(&run_id(&req), &who.sub).await?))
 }
@@ -142,7 +157,8 @@ async fn wait(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
     let cap = api.provider.config.request_timeout;
     let timeout = match q.get("timeout") {
         None => cap,
-        Some(t) => crate::parse::parse_duration(t).map_err(|e| ApiError::bad_request(format!("timeout: {e}")))?.min(cap),
+        Some(t) => crate::parse::parse_duration_capped(t, cap)
+            .map_err(|e| ApiError::bad_request(format!("timeout: {e}")))?,
     };
     let id = run_id(&req);
     match api.provider.wait(&id, &who.sub, timeout).await? {
@@ -157,28 +173,42 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
     let follow = query_bool(&q, "follow", false)?;
     let id = run_id(&req);
     let record = api.provider.owned(&id, &who.sub).await?;
-    let live = api.provider.live.send(Follow { run_id: id.clone(), follow }).await.ok().flatten();
-    let chunk_line = |c: &crate::actors::live_runs::LogChunk| line(&serde_json::to_value(c).unwrap_or_default());
+    let live = api
+        .provider
+        .live
+        .send(Follow {
+            run_id: id.clone(),
+            follow,
+        })
+        .await
+        .ok()
+        .flatten();
+    let chunk_line =
+        |c: &crate::actors::live_runs::LogChunk| line(&serde_json::to_value(c).unwrap_or_default());
     let lines: futures::stream::LocalBoxStream<'static, bytes::Bytes> = match (live, record.state) {
         (Some((so_far, rx)), _) => {
             let head = futures::stream::iter(so_far.iter().map(chunk_line).collect::<Vec<_>>());
             match rx {
                 None => head.boxed_local(),
                 Some(rx) => {
-                    let tail = tokio_stream::wrappers::ReceiverStream::new(rx)
-                        .scan(false, |ended, item| {
+                    let tail = tokio_stream::wrappers::ReceiverStream::new(rx).scan(
+                        false,
+                        |ended, item| {
                             if *ended {
                                 return futures::future::ready(None);
                             }
                             let out = match item {
-                                LogItem::Chunk(c) => line(&serde_json::to_value(c).unwrap_or_default()),
+                                LogItem::Chunk(c) => {
+                                    line(&serde_json::to_value(c).unwrap_or_default())
+                                }
                                 LogItem::Exit(result) => {
                                     *ended = true;
                                     line(&exit_line(&result))
                                 }
                             };
                             futures::future::ready(Some(out))
-                        });
+                        },
+                    );
                     head.chain(tail).boxed_local()
                 }
             }
@@ -190,14 +220,19 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
                 loop {
                     actix_rt::time::sleep(Duration::from_millis(500)).await;
                     match provider.store.get(&id).await {
-                        Ok(Some(r)) if r.state != RunState::Running => break r.result.unwrap_or(Value::Null),
+                        Ok(Some(r)) if r.state != RunState::Running => {
+                            break r.result.unwrap_or(Value::Null)
+                        }
                         Ok(None) => break json!({"run_id": id, "state": "cancelled"}),
                         _ => {}
                     }
                 }
             })
             .flat_map(|result| {
-                let mut out: Vec<bytes::Bytes> = chunks_of_result(&result).iter().map(|c| line(&serde_json::to_value(c).unwrap_or_default())).collect();
+                let mut out: Vec<bytes::Bytes> = chunks_of_result(&result)
+                    .iter()
+                    .map(|c| line(&serde_json::to_value(c).unwrap_or_default()))
+                    .collect();
                 out.push(line(&exit_line(&result)));
                 futures::stream::iter(out)
             })
@@ -206,7 +241,8 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
         (None, RunState::Running) => futures::stream::empty().boxed_local(),
         (None, _) => {
             let result = record.result.clone().unwrap_or(Value::Null);
-            let mut out: Vec<bytes::Bytes> = chunks_of_result(&result).iter().map(chunk_line).collect();
+            let mut out: Vec<bytes::Bytes> =
+                chunks_of_result(&result).iter().map(chunk_line).collect();
             out.push(line(&exit_line(&result)));
             futures::stream::iter(out).boxed_local()
         }
@@ -218,61 +254,96 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
         .streaming(with_heartbeats(lines, api.heartbeat)))
 }
 
-async fn input(req: HttpRequest, payload: web::Payload, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
+async fn input(
+    req: HttpRequest,
+    payload: web::Payload,
+    api: web::Data<ContainersApi>,
+) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_RUN)?;
     let body = read_limited(&req, payload, api.max_body).await?;
-    let input: Input = parse_json(&body)?;
+    let input: Input = strict_object(&body)?;
     Ok(HttpResponse::Ok().json(api.provider.input(&run_id(&req), &who.sub, input).await?))
 }
 
-async fn runner_get(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
+async fn runner_get(
+    req: HttpRequest,
+    api: web::Data<ContainersApi>,
+) -> Result<HttpResponse, ApiError> {
     operator(&req, &api)?;
     Ok(HttpResponse::Ok().json(api.provider.runner(Kind::RunnerStatus).await?))
 }
 
-async fn runner_start(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
+async fn runner_start(
+    req: HttpRequest,
+    api: web::Data<ContainersApi>,
+) -> Result<HttpResponse, ApiError> {
     operator(&req, &api)?;
     let mut v = api.provider.runner(Kind::RunnerStart).await?;
     v = json!({"accepted": v.get("accepted").cloned().unwrap_or(json!(true)), "action": "start"});
     Ok(HttpResponse::Accepted().json(v))
 }
 
-async fn runner_delete(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
+async fn runner_delete(
+    req: HttpRequest,
+    api: web::Data<ContainersApi>,
+) -> Result<HttpResponse, ApiError> {
     operator(&req, &api)?;
     api.provider.runner(Kind::RunnerDelete).await?;
     Ok(HttpResponse::Ok().json(json!({"deleted": true})))
 }
 
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(OPENAPI)
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 /// Mounts the containers API.
 pub fn configure(cfg: &mut web::ServiceConfig, api: ContainersApi) {
-    let other = || web::to(super::error::no_route);
+    use super::error::not_allowed;
     cfg.app_data(web::Data::new(api))
-        .service(web::resource("/api/v1/containers/status").route(web::get().to(status)).default_service(other()))
-        .service(web::resource("/api/v1/containers/openapi.json").route(web::get().to(openapi)).default_service(other()))
+        .service(
+            web::resource("/api/v1/containers/status")
+                .route(web::get().to(status))
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/api/v1/containers/openapi.json")
+                .route(web::get().to(openapi))
+                .default_service(not_allowed("GET")),
+        )
         .service(
             web::resource("/api/v1/containers/runs")
                 .route(web::get().to(list))
                 .route(web::post().to(create))
-                .default_service(other()),
+                .default_service(not_allowed("GET, POST")),
         )
         .service(
             web::resource("/api/v1/containers/runs/{run_id}")
                 .route(web::get().to(get_run))
                 .route(web::delete().to(delete_run))
-                .default_service(other()),
+                .default_service(not_allowed("GET, DELETE")),
         )
-        .service(web::resource("/api/v1/containers/runs/{run_id}/wait").route(web::get().to(wait)).default_service(other()))
-        .service(web::resource("/api/v1/containers/runs/{run_id}/logs").route(web::get().to(logs)).default_service(other()))
-        .service(web::resource("/api/v1/containers/runs/{run_id}/input").route(web::post().to(input)).default_service(other()))
+        .service(
+            web::resource("/api/v1/containers/runs/{run_id}/wait")
+                .route(web::get().to(wait))
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/api/v1/containers/runs/{run_id}/logs")
+                .route(web::get().to(logs))
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/api/v1/containers/runs/{run_id}/input")
+                .route(web::post().to(input))
+                .default_service(not_allowed("POST")),
+        )
         .service(
             web::resource("/api/internal/containers/runner")
                 .route(web::get().to(runner_get))
                 .route(web::post().to(runner_start))
                 .route(web::delete().to(runner_delete))
-                .default_service(other()),
+                .default_service(not_allowed("GET, POST, DELETE")),
         );
 }

@@ -100,3 +100,24 @@ pub async fn no_route(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiEr
         req.path()
     )))
 }
+
+/// A route answering the JSON 405 (with `Allow`) for methods a path does
+/// not have.
+pub fn not_allowed(allow: &'static str) -> actix_web::Route {
+    actix_web::web::to(move |req: actix_web::HttpRequest| async move {
+        let e = ApiError::new(
+            crate::contract::ErrorType::MethodNotAllowed,
+            format!(
+                "{} is not allowed on {} (allowed: {allow})",
+                req.method(),
+                req.path()
+            ),
+        );
+        let mut resp = e.error_response();
+        resp.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+        resp
+    })
+}

@@ -111,7 +111,16 @@ async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpRespo
 
 /// Mounts the Events API routes.
 pub fn configure(cfg: &mut web::ServiceConfig, api: EventsApi) {
+    use super::error::not_allowed;
     cfg.app_data(web::Data::new(api))
-        .route("/api/v1/events", web::post().to(publish))
-        .route("/api/v1/events/stream", web::get().to(stream));
+        .service(
+            web::resource("/api/v1/events")
+                .route(web::post().to(publish))
+                .default_service(not_allowed("POST")),
+        )
+        .service(
+            web::resource("/api/v1/events/stream")
+                .route(web::get().to(stream))
+                .default_service(not_allowed("GET")),
+        );
 }

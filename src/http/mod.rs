@@ -2,12 +2,12 @@
 //! long-running process serves (`/readyz`, `/healthz`, `/metrics`).
 
 pub mod body;
-pub mod error;
 pub mod containers;
+pub mod error;
 pub mod events;
 pub mod ndjson;
-pub mod request_metrics;
 pub mod probes;
+pub mod request_metrics;
 pub mod server;
 
 pub use error::ApiError;

@@ -33,8 +33,21 @@ async fn metrics(probes: web::Data<Probes>) -> HttpResponse {
 
 /// Mounts the three probes.
 pub fn configure(cfg: &mut web::ServiceConfig, probes: Probes) {
+    use super::error::not_allowed;
     cfg.app_data(web::Data::new(probes))
-        .route("/readyz", web::get().to(readyz))
-        .route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics));
+        .service(
+            web::resource("/readyz")
+                .route(web::get().to(readyz))
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/healthz")
+                .route(web::get().to(healthz))
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(metrics))
+                .default_service(not_allowed("GET")),
+        );
 }

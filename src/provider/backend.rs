@@ -12,7 +12,12 @@ use std::time::Duration;
 /// Answers container requests: the reply payload (which may be an error
 /// reply), or why no reply came.
 pub trait Backend: Send + Sync + 'static {
-    fn call(&self, kind: Kind, payload: Value, deadline: Duration) -> LocalBoxFuture<'static, Result<Value, ErrorDetail>>;
+    fn call(
+        &self,
+        kind: Kind,
+        payload: Value,
+        deadline: Duration,
+    ) -> LocalBoxFuture<'static, Result<Value, ErrorDetail>>;
     /// `Ok` while requests can be made (for `/readyz`).
     fn ready(&self) -> Result<(), String>;
     fn name(&self) -> &'static str;
@@ -24,15 +29,29 @@ pub struct BusBackend {
 }
 
 impl Backend for BusBackend {
-    fn call(&self, kind: Kind, payload: Value, deadline: Duration) -> LocalBoxFuture<'static, Result<Value, ErrorDetail>> {
+    fn call(
+        &self,
+        kind: Kind,
+        payload: Value,
+        deadline: Duration,
+    ) -> LocalBoxFuture<'static, Result<Value, ErrorDetail>> {
         let requester = self.requester.clone();
         async move {
-            let out = requester.request(Request::new(&kind.request(PUBLIC_PREFIX), payload, deadline)).await?;
+            let out = requester
+                .request(Request::new(
+                    &kind.request(PUBLIC_PREFIX),
+                    payload,
+                    deadline,
+                ))
+                .await?;
             match out.replies.into_iter().next() {
                 Some(reply) => Ok(reply.payload.clone()),
                 None => Err(ErrorDetail::new(
                     ErrorType::Timeout,
-                    format!("no reply within {}", crate::parse::format_duration(deadline)),
+                    format!(
+                        "no reply within {}",
+                        crate::parse::format_duration(deadline)
+                    ),
                 )),
             }
         }
@@ -52,8 +71,17 @@ impl Backend for BusBackend {
 pub struct StaticBackend;
 
 impl Backend for StaticBackend {
-    fn call(&self, kind: Kind, payload: Value, _: Duration) -> LocalBoxFuture<'static, Result<Value, ErrorDetail>> {
-        let owner = payload.get("owner_account_id").and_then(Value::as_str).unwrap_or("").to_owned();
+    fn call(
+        &self,
+        kind: Kind,
+        payload: Value,
+        _: Duration,
+    ) -> LocalBoxFuture<'static, Result<Value, ErrorDetail>> {
+        let owner = payload
+            .get("owner_account_id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let reply = static_provider::answer(kind, &payload, &owner, "static");
         async move { Ok(reply) }.boxed_local()
     }

@@ -14,12 +14,44 @@ pub struct CreateRun {
     pub image: Option<String>,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub timeout_seconds: Option<i64>,
     pub env: Option<BTreeMap<String, String>>,
     pub stdin: Option<String>,
     pub interactive: Option<bool>,
     pub workdir: Option<String>,
     pub wait: Option<bool>,
+}
+
+/// The longest `timeout_seconds` a body may carry (a year; the server
+/// caps it further).
+pub const MAX_TIMEOUT_SECONDS: i64 = 365 * 24 * 3600;
+
+/// An integer, also when written as `300.0` (JSON does not distinguish).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(serde::de::Error::custom(
+            "timeout_seconds must be a whole number of seconds",
+        )),
+    }
+}
+
+/// Parses a JSON object body strictly: explicit nulls are refused like any
+/// other wrong type, then the fields are read into `T`.
+pub fn strict_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: Value = crate::http::body::parse_json(body)?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if let Some((k, _)) = obj.iter().find(|(_, v)| v.is_null()) {
+        return Err(ApiError::bad_request(format!("{k} must not be null")));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
 }
 
 impl CreateRun {
@@ -36,7 +68,17 @@ impl CreateRun {
             return Err(ApiError::bad_request("an image run needs a command"));
         }
         if self.timeout_seconds.is_some_and(|t| t < 0) {
-            return Err(ApiError::bad_request("timeout_seconds must not be negative"));
+            return Err(ApiError::bad_request(
+                "timeout_seconds must not be negative",
+            ));
+        }
+        if self
+            .timeout_seconds
+            .is_some_and(|t| t > MAX_TIMEOUT_SECONDS)
+        {
+            return Err(ApiError::bad_request(format!(
+                "timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}"
+            )));
         }
         if let Some(env) = &self.env {
             for name in env.keys() {
@@ -44,7 +86,9 @@ impl CreateRun {
                     && !name.starts_with(|c: char| c.is_ascii_digit())
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !ok {
-                    return Err(ApiError::bad_request(format!("env name {name:?} must be letters, digits and '_'")));
+                    return Err(ApiError::bad_request(format!(
+                        "env name {name:?} must be letters, digits and '_'"
+                    )));
                 }
             }
         }
@@ -56,7 +100,10 @@ impl CreateRun {
 
     /// The command: `command`, else `args`.
     pub fn words(&self) -> Vec<String> {
-        self.command.clone().or_else(|| self.args.clone()).unwrap_or_default()
+        self.command
+            .clone()
+            .or_else(|| self.args.clone())
+            .unwrap_or_default()
     }
 
     /// The `run.request` payload for `run_id` and `owner`.

@@ -46,13 +46,23 @@ pub struct ProviderMetrics {
 
 impl ProviderMetrics {
     pub fn register(metrics: &Metrics) -> Self {
-        let runs = IntCounterVec::new(Opts::new("bus_api_runs_total", "Runs that ended, by state."), &["state"]).expect("valid");
+        let runs = IntCounterVec::new(
+            Opts::new("bus_api_runs_total", "Runs that ended, by state."),
+            &["state"],
+        )
+        .expect("valid");
         let _ = metrics.registry().register(Box::new(runs.clone()));
         ProviderMetrics {
             runs,
             in_flight: metrics.gauge("bus_api_runs_in_flight", "Runs accepted and not yet ended."),
-            usage_failures: metrics.counter("bus_api_usage_failures_total", "Usage records that could not be published."),
-            late_results: metrics.counter("bus_api_late_results_total", "Results that came after the run was deleted or recorded lost."),
+            usage_failures: metrics.counter(
+                "bus_api_usage_failures_total",
+                "Usage records that could not be published.",
+            ),
+            late_results: metrics.counter(
+                "bus_api_late_results_total",
+                "Results that came after the run was deleted or recorded lost.",
+            ),
         }
     }
 }
@@ -97,13 +107,19 @@ pub fn answer_of(result: &Value) -> Result<Value, ApiError> {
 
 /// Run ids are `[A-Za-z0-9_-]{1,128}`; anything else names no run.
 pub fn valid_run_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl Provider {
     fn run_deadline(&self, timeout_seconds: Option<i64>) -> Duration {
         match timeout_seconds {
-            Some(t) if t > 0 => (Duration::from_secs(t as u64) + RUN_GRACE).min(self.config.request_timeout),
+            Some(t) if t > 0 => {
+                (Duration::from_secs(t as u64) + RUN_GRACE).min(self.config.request_timeout)
+            }
             _ => self.config.request_timeout,
         }
     }
@@ -120,7 +136,9 @@ impl Provider {
             .map_err(|e| ApiError::unavailable(e.to_string()))?
             .ok_or_else(|| ApiError::not_found(format!("no run {run_id}")))?;
         if record.owner_account_id != owner {
-            return Err(ApiError::forbidden(format!("run {run_id} belongs to another account")));
+            return Err(ApiError::forbidden(format!(
+                "run {run_id} belongs to another account"
+            )));
         }
         Ok(record)
     }
@@ -134,7 +152,11 @@ impl Provider {
         let limit = self.config.max_concurrent_runs;
         let begun = self
             .live
-            .send(live_runs::Begin { run_id: run_id.clone(), owner: owner.to_owned(), limit })
+            .send(live_runs::Begin {
+                run_id: run_id.clone(),
+                owner: owner.to_owned(),
+                limit,
+            })
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         if let Err(n) = begun {
@@ -158,7 +180,10 @@ impl Provider {
             result: None,
         };
         if let Err(e) = self.store.insert(record).await {
-            self.live.do_send(live_runs::End { run_id, result: Value::Null });
+            self.live.do_send(live_runs::End {
+                run_id,
+                result: Value::Null,
+            });
             return Err(ApiError::unavailable(e.to_string()));
         }
         self.metrics.in_flight.inc();
@@ -184,16 +209,28 @@ impl Provider {
         }
         match rx.await {
             Ok(answer) => answer.map(Created::Done),
-            Err(_) => Err(ApiError::unavailable("the run's task ended without an answer")),
+            Err(_) => Err(ApiError::unavailable(
+                "the run's task ended without an answer",
+            )),
         }
     }
 
-    async fn drive(&self, run_id: &str, owner: &str, payload: Value, deadline: Duration) -> Result<Value, ApiError> {
+    async fn drive(
+        &self,
+        run_id: &str,
+        owner: &str,
+        payload: Value,
+        deadline: Duration,
+    ) -> Result<Value, ApiError> {
         let reply = self.backend.call(Kind::Run, payload, deadline).await;
         let (state, result) = match reply {
             Ok(v) => match reply_error(&v) {
                 None => {
-                    let state = v.get("state").and_then(Value::as_str).and_then(RunState::parse).unwrap_or(RunState::Failed);
+                    let state = v
+                        .get("state")
+                        .and_then(Value::as_str)
+                        .and_then(RunState::parse)
+                        .unwrap_or(RunState::Failed);
                     (state, v)
                 }
                 Some(e) if e.kind == ErrorType::Timeout => self.lost(run_id, owner).await,
@@ -212,17 +249,31 @@ impl Provider {
         }
         self.metrics.runs.with_label_values(&[state.as_str()]).inc();
         self.metrics.in_flight.dec();
-        self.usage.record_end(run_id, owner, state, &result, &self.metrics.usage_failures);
-        self.live.do_send(live_runs::End { run_id: run_id.to_owned(), result: result.clone() });
+        self.usage
+            .record_end(run_id, owner, state, &result, &self.metrics.usage_failures);
+        self.live.do_send(live_runs::End {
+            run_id: run_id.to_owned(),
+            result: result.clone(),
+        });
         answer_of(&result)
     }
 
     /// The deadline passed: cancel the run on its worker, record it lost.
     async fn lost(&self, run_id: &str, owner: &str) -> (RunState, Value) {
-        let worker = self.live.send(live_runs::WorkerOf(run_id.to_owned())).await.ok().flatten().flatten();
+        let worker = self
+            .live
+            .send(live_runs::WorkerOf(run_id.to_owned()))
+            .await
+            .ok()
+            .flatten()
+            .flatten();
         if let Some(worker_id) = &worker {
-            let cancel = json!({"run_id": run_id, "owner_account_id": owner, "worker_id": worker_id});
-            let _ = self.backend.call(Kind::Delete, cancel, self.config.default_timeout).await;
+            let cancel =
+                json!({"run_id": run_id, "owner_account_id": owner, "worker_id": worker_id});
+            let _ = self
+                .backend
+                .call(Kind::Delete, cancel, self.config.default_timeout)
+                .await;
         }
         tracing::warn!(run_id, worker = ?worker, "no result before the deadline; the run is recorded lost");
         let e = ErrorDetail::new(
@@ -236,7 +287,13 @@ impl Provider {
     pub async fn delete(&self, run_id: &str, owner: &str) -> Result<Value, ApiError> {
         let record = self.owned(run_id, owner).await?;
         if record.state == RunState::Running {
-            let worker = match self.live.send(live_runs::WorkerOf(run_id.to_owned())).await.ok().flatten() {
+            let worker = match self
+                .live
+                .send(live_runs::WorkerOf(run_id.to_owned()))
+                .await
+                .ok()
+                .flatten()
+            {
                 Some(w) => w,
                 None => record.worker_id.clone(),
             };
@@ -244,7 +301,11 @@ impl Provider {
             if let Some(w) = &worker {
                 cancel["worker_id"] = json!(w);
             }
-            match self.backend.call(Kind::Delete, cancel, self.config.default_timeout).await {
+            match self
+                .backend
+                .call(Kind::Delete, cancel, self.config.default_timeout)
+                .await
+            {
                 Ok(v) => match reply_error(&v) {
                     None => {}
                     Some(e) if e.kind == ErrorType::NotFound => {}
@@ -254,22 +315,42 @@ impl Provider {
                 Err(e) => return Err(reply_to_api(e)),
             }
         }
-        self.store.delete(run_id).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        self.store
+            .delete(run_id)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
         Ok(json!({"deleted": true, "run_id": run_id, "owner_account_id": owner}))
     }
 
     /// `POST /runs/{id}/input`.
-    pub async fn input(&self, run_id: &str, owner: &str, body: body::Input) -> Result<Value, ApiError> {
+    pub async fn input(
+        &self,
+        run_id: &str,
+        owner: &str,
+        body: body::Input,
+    ) -> Result<Value, ApiError> {
         let record = self.owned(run_id, owner).await?;
         if record.state != RunState::Running {
-            return Err(ApiError::bad_request(format!("run {run_id} has ended ({})", record.state)));
+            return Err(ApiError::new(
+                ErrorType::Conflict,
+                format!("run {run_id} has ended ({})", record.state),
+            ));
         }
-        let worker = match self.live.send(live_runs::WorkerOf(run_id.to_owned())).await.ok().flatten() {
+        let worker = match self
+            .live
+            .send(live_runs::WorkerOf(run_id.to_owned()))
+            .await
+            .ok()
+            .flatten()
+        {
             Some(w) => w,
             None => record.worker_id.clone(),
         };
         let Some(worker) = worker else {
-            return Err(ApiError::unavailable(format!("run {run_id} has not started yet")).with_retry_after(1));
+            return Err(
+                ApiError::unavailable(format!("run {run_id} has not started yet"))
+                    .with_retry_after(1),
+            );
         };
         let payload = json!({"run_id": run_id, "owner_account_id": owner, "worker_id": worker, "data": body.data, "eof": body.eof});
         let reply = self
@@ -307,19 +388,33 @@ impl Provider {
                 if !details.is_object() {
                     details = json!({});
                 }
-                details["provider"] = s.get("provider").cloned().unwrap_or(json!(self.backend.name()));
+                details["provider"] = s
+                    .get("provider")
+                    .cloned()
+                    .unwrap_or(json!(self.backend.name()));
                 json!({"id": "runner", "state": s.get("state").cloned().unwrap_or(json!("unavailable")), "details": details})
             }
-            Err(e) => json!({"id": "runner", "state": "unavailable", "details": {"provider": self.backend.name(), "error": e.detail.message}}),
+            Err(e) => {
+                json!({"id": "runner", "state": "unavailable", "details": {"provider": self.backend.name(), "error": e.detail.message}})
+            }
         };
         let mut items = vec![runner];
         let reply = self
             .backend
-            .call(Kind::Status, json!({"owner_account_id": owner}), self.config.default_timeout)
+            .call(
+                Kind::Status,
+                json!({"owner_account_id": owner}),
+                self.config.default_timeout,
+            )
             .await
             .map_err(reply_to_api)?;
         let listed = answer_of(&reply)?;
-        for item in listed.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
+        for item in listed
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let details = item.get("details").cloned().unwrap_or_else(|| json!({}));
             items.push(json!({
                 "id": item.get("id").cloned().unwrap_or_default(),
@@ -332,14 +427,22 @@ impl Provider {
     }
 
     /// Waits for a run's end, up to `timeout`; `Ok(None)` if still running.
-    pub async fn wait(&self, run_id: &str, owner: &str, timeout: Duration) -> Result<Option<Value>, ApiError> {
+    pub async fn wait(
+        &self,
+        run_id: &str,
+        owner: &str,
+        timeout: Duration,
+    ) -> Result<Option<Value>, ApiError> {
         let record = self.owned(run_id, owner).await?;
         if record.state != RunState::Running {
             return Ok(record.result);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         if let Ok(Some(rx)) = self.live.send(live_runs::Await(run_id.to_owned())).await {
-            return Ok(tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok));
+            return Ok(tokio::time::timeout_at(deadline, rx)
+                .await
+                .ok()
+                .and_then(Result::ok));
         }
         // Running elsewhere (another instance): watch the ledger.
         while tokio::time::Instant::now() < deadline {

@@ -40,7 +40,10 @@ impl Usage {
                 let mut delay = Duration::from_secs(1);
                 let mut attempt = 0;
                 loop {
-                    match requester.publish(Publication::new(USAGE_EVENT, record.clone())).await {
+                    match requester
+                        .publish(Publication::new(USAGE_EVENT, record.clone()))
+                        .await
+                    {
                         Ok(_) => break,
                         Err(e) if attempt < 3 => {
                             tracing::warn!(error = %e, retry_in = ?delay, "usage record not published; retrying");
@@ -61,7 +64,14 @@ impl Usage {
     }
 
     /// Records one usage event.
-    pub fn record(&self, event_type: &str, run_id: &str, account: &str, data: Value, failures: &IntCounter) {
+    pub fn record(
+        &self,
+        event_type: &str,
+        run_id: &str,
+        account: &str,
+        data: Value,
+        failures: &IntCounter,
+    ) {
         let record = json!({
             "event_type": event_type,
             "event_id": format!("{run_id}:{event_type}"),
@@ -87,7 +97,14 @@ impl Usage {
     }
 
     /// The end-of-run record for a run that ended in `state`.
-    pub fn record_end(&self, run_id: &str, account: &str, state: RunState, result: &Value, failures: &IntCounter) {
+    pub fn record_end(
+        &self,
+        run_id: &str,
+        account: &str,
+        state: RunState,
+        result: &Value,
+        failures: &IntCounter,
+    ) {
         if state.ran() {
             let data = json!({
                 "run_id": run_id,
@@ -102,7 +119,13 @@ impl Usage {
             self.record("container_run_finished", run_id, account, data, failures);
         } else {
             let error = result.get("error").cloned().unwrap_or(Value::Null);
-            self.record("container_run_failed", run_id, account, json!({"run_id": run_id, "state": state.as_str(), "error": error}), failures);
+            self.record(
+                "container_run_failed",
+                run_id,
+                account,
+                json!({"run_id": run_id, "state": state.as_str(), "error": error}),
+                failures,
+            );
         }
     }
 }
@@ -118,24 +141,41 @@ impl Billing {
     /// `Ok` when the account may run containers; 402 with guidance when
     /// not; 503 when the check cannot be made.
     pub async fn check(&self, account: &str) -> Result<(), ApiError> {
-        let Billing::Events(requester) = self else { return Ok(()) };
+        let Billing::Events(requester) = self else {
+            return Ok(());
+        };
         let payload = json!({"account_id": account, "scope": "container:run"});
         let out = requester
-            .request(Request::new(BILLING_EVENT, payload, Duration::from_secs(10)))
+            .request(Request::new(
+                BILLING_EVENT,
+                payload,
+                Duration::from_secs(10),
+            ))
             .await
             .map_err(|e| ApiError::unavailable(format!("billing check failed: {e}")))?;
         let Some(reply) = out.replies.first() else {
-            return Err(ApiError::unavailable("the billing service did not answer the entitlement check"));
+            return Err(ApiError::unavailable(
+                "the billing service did not answer the entitlement check",
+            ));
         };
         let p = &reply.payload;
         if p.get("allowed").and_then(Value::as_bool) == Some(true) {
             return Ok(());
         }
         if p.get("allowed").is_none() {
-            return Err(ApiError::new(ErrorType::BadGateway, "malformed billing reply"));
+            return Err(ApiError::new(
+                ErrorType::BadGateway,
+                "malformed billing reply",
+            ));
         }
-        let reason = p.get("reason").and_then(Value::as_str).unwrap_or("billing_required");
-        let command = p.get("command").and_then(Value::as_str).unwrap_or("bus billing setup");
+        let reason = p
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("billing_required");
+        let command = p
+            .get("command")
+            .and_then(Value::as_str)
+            .unwrap_or("bus billing setup");
         let message = match reason {
             "quota_exceeded" => "this account has used its container quota",
             _ => "container runs need an active billing setup for this account",

@@ -55,13 +55,27 @@ pub trait RunStore: Send + Sync + 'static {
     /// Writes a new record (state `running`).
     fn insert(&self, record: RunRecord) -> BoxFuture<'static, Result<(), StoreError>>;
     /// Records the worker of a running run.
-    fn set_worker(&self, run_id: &str, worker_id: &str) -> BoxFuture<'static, Result<(), StoreError>>;
+    fn set_worker(
+        &self,
+        run_id: &str,
+        worker_id: &str,
+    ) -> BoxFuture<'static, Result<(), StoreError>>;
     /// Completes a `running` record; `false` when there is none (deleted,
     /// or already completed): a late result never resurrects a run.
-    fn complete(&self, run_id: &str, state: RunState, result: Value) -> BoxFuture<'static, Result<bool, StoreError>>;
+    fn complete(
+        &self,
+        run_id: &str,
+        state: RunState,
+        result: Value,
+    ) -> BoxFuture<'static, Result<bool, StoreError>>;
     fn get(&self, run_id: &str) -> BoxFuture<'static, Result<Option<RunRecord>, StoreError>>;
     /// An account's runs, newest first, before the `before` run id.
-    fn list(&self, owner: &str, limit: usize, before: Option<String>) -> BoxFuture<'static, Result<Page, StoreError>>;
+    fn list(
+        &self,
+        owner: &str,
+        limit: usize,
+        before: Option<String>,
+    ) -> BoxFuture<'static, Result<Page, StoreError>>;
     /// Removes a record; `false` when there was none.
     fn delete(&self, run_id: &str) -> BoxFuture<'static, Result<bool, StoreError>>;
     /// Marks this instance's `running` records `lost` (start-up after a

@@ -53,18 +53,25 @@ impl SqliteStore {
         }
         let conn = Connection::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     /// An in-memory ledger (tests).
     pub fn memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     fn call<T: Send + 'static>(
@@ -136,16 +143,28 @@ impl RunStore for SqliteStore {
         })
     }
 
-    fn set_worker(&self, run_id: &str, worker_id: &str) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn set_worker(
+        &self,
+        run_id: &str,
+        worker_id: &str,
+    ) -> BoxFuture<'static, Result<(), StoreError>> {
         let (run_id, worker_id) = (run_id.to_owned(), worker_id.to_owned());
         self.call(move |c| {
-            c.execute("UPDATE runs SET worker_id = ?2 WHERE run_id = ?1", params![run_id, worker_id])
-                .map(|_| ())
-                .map_err(err)
+            c.execute(
+                "UPDATE runs SET worker_id = ?2 WHERE run_id = ?1",
+                params![run_id, worker_id],
+            )
+            .map(|_| ())
+            .map_err(err)
         })
     }
 
-    fn complete(&self, run_id: &str, state: RunState, result: Value) -> BoxFuture<'static, Result<bool, StoreError>> {
+    fn complete(
+        &self,
+        run_id: &str,
+        state: RunState,
+        result: Value,
+    ) -> BoxFuture<'static, Result<bool, StoreError>> {
         let run_id = run_id.to_owned();
         self.call(move |c| {
             let n = c
@@ -169,13 +188,22 @@ impl RunStore for SqliteStore {
     fn get(&self, run_id: &str) -> BoxFuture<'static, Result<Option<RunRecord>, StoreError>> {
         let run_id = run_id.to_owned();
         self.call(move |c| {
-            c.query_row("SELECT * FROM runs WHERE run_id = ?1", params![run_id], row_to_record)
-                .optional()
-                .map_err(err)
+            c.query_row(
+                "SELECT * FROM runs WHERE run_id = ?1",
+                params![run_id],
+                row_to_record,
+            )
+            .optional()
+            .map_err(err)
         })
     }
 
-    fn list(&self, owner: &str, limit: usize, before: Option<String>) -> BoxFuture<'static, Result<Page, StoreError>> {
+    fn list(
+        &self,
+        owner: &str,
+        limit: usize,
+        before: Option<String>,
+    ) -> BoxFuture<'static, Result<Page, StoreError>> {
         let owner = owner.to_owned();
         let limit = limit.clamp(1, 1000);
         self.call(move |c| {
@@ -226,7 +254,10 @@ impl RunStore for SqliteStore {
         self.call(move |c| {
             let cutoff = unix_now() - retention.max_age.as_secs() as i64;
             let mut removed = c
-                .execute("DELETE FROM runs WHERE state != 'running' AND created_unix < ?1", params![cutoff])
+                .execute(
+                    "DELETE FROM runs WHERE state != 'running' AND created_unix < ?1",
+                    params![cutoff],
+                )
                 .map_err(err)?;
             removed += c
                 .execute(
@@ -267,29 +298,73 @@ mod tests {
         let path = dir.path().join("data/runs.sqlite");
         let s = SqliteStore::open(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         for i in 0..5 {
-            s.insert(record(&format!("run_{i}"), "a", "i1")).await.unwrap();
+            s.insert(record(&format!("run_{i}"), "a", "i1"))
+                .await
+                .unwrap();
         }
         s.insert(record("run_9", "b", "i2")).await.unwrap();
         s.set_worker("run_1", "w1").await.unwrap();
-        assert!(s.complete("run_1", RunState::Succeeded, json!({"exit_code": 0})).await.unwrap());
-        assert!(!s.complete("run_1", RunState::Failed, json!({})).await.unwrap(), "completes once");
+        assert!(s
+            .complete("run_1", RunState::Succeeded, json!({"exit_code": 0}))
+            .await
+            .unwrap());
+        assert!(
+            !s.complete("run_1", RunState::Failed, json!({}))
+                .await
+                .unwrap(),
+            "completes once"
+        );
         let r = s.get("run_1").await.unwrap().unwrap();
-        assert_eq!((r.state, r.worker_id.as_deref()), (RunState::Succeeded, Some("w1")));
+        assert_eq!(
+            (r.state, r.worker_id.as_deref()),
+            (RunState::Succeeded, Some("w1"))
+        );
         let page = s.list("a", 2, None).await.unwrap();
-        assert_eq!(page.items.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), ["run_4", "run_3"]);
+        assert_eq!(
+            page.items
+                .iter()
+                .map(|r| r.run_id.as_str())
+                .collect::<Vec<_>>(),
+            ["run_4", "run_3"]
+        );
         let page2 = s.list("a", 2, page.next).await.unwrap();
         assert_eq!(page2.items[0].run_id, "run_2");
         assert!(s.delete("run_2").await.unwrap());
-        assert!(!s.complete("run_2", RunState::Succeeded, json!({})).await.unwrap(), "no resurrection");
+        assert!(
+            !s.complete("run_2", RunState::Succeeded, json!({}))
+                .await
+                .unwrap(),
+            "no resurrection"
+        );
         assert_eq!(s.mark_lost("i1").await.unwrap(), 3);
-        assert_eq!(s.get("run_9").await.unwrap().unwrap().state, RunState::Running, "another instance's run");
+        assert_eq!(
+            s.get("run_9").await.unwrap().unwrap().state,
+            RunState::Running,
+            "another instance's run"
+        );
         drop(s);
         let again = SqliteStore::open(&path).unwrap();
-        assert_eq!(again.get("run_0").await.unwrap().unwrap().state, RunState::Lost, "survives reopening");
-        let pruned = again.prune(Retention { max_age: std::time::Duration::from_secs(3600), max_runs: 2 }).await.unwrap();
+        assert_eq!(
+            again.get("run_0").await.unwrap().unwrap().state,
+            RunState::Lost,
+            "survives reopening"
+        );
+        let pruned = again
+            .prune(Retention {
+                max_age: std::time::Duration::from_secs(3600),
+                max_runs: 2,
+            })
+            .await
+            .unwrap();
         assert!(pruned >= 2, "{pruned}");
-        assert!(again.get("run_9").await.unwrap().is_some(), "running records are kept");
+        assert!(
+            again.get("run_9").await.unwrap().is_some(),
+            "running records are kept"
+        );
     }
 }

@@ -4,8 +4,10 @@
 
 mod support;
 
+mod api_processes;
 mod broker_conformance;
 mod cli_events;
+mod containers_api;
 mod docker_worker;
 mod events_api;
 mod http_listener;

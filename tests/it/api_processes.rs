@@ -1,0 +1,115 @@
+//! `bus api-provider containers` as a real process: the BusDK curl example
+//! verbatim, and the ledger across a SIGKILL and restart.
+
+use crate::support::api::{token, ALL};
+use crate::support::*;
+use std::process::Command;
+
+fn provider(data: &std::path::Path) -> Process {
+    let mut cmd = bus();
+    cmd.args([
+        "api-provider",
+        "containers",
+        "--backend",
+        "static",
+        "--addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--workers",
+        "1",
+    ])
+    .arg("--data-dir")
+    .arg(data)
+    .env("BUS_API_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
+    Process::spawn(cmd)
+}
+
+const CURL: &str = r#"curl -fsS -X POST \
+  -H "Authorization: Bearer $TOKEN" \
+  -H "Content-Type: application/json" \
+  http://127.0.0.1:${LOCAL_AI_PLATFORM_PORT:-8080}/api/v1/containers/runs \
+  -d '{"profile":"codex","args":["sh","-c","printf OK"],"timeout_seconds":300}'"#;
+
+#[test]
+fn the_busdk_curl_example_works_verbatim_and_the_ledger_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path());
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(CURL)
+        .env("TOKEN", token("alice", ALL))
+        .env("LOCAL_AI_PLATFORM_PORT", p.addr.port().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["run_id"].as_str().unwrap().starts_with("run_"));
+    assert_eq!(r["owner_account_id"], "alice");
+    assert_eq!(r["runner_name"], "static");
+    assert_eq!(r["image"], "codex");
+    assert_eq!(r["args"], serde_json::json!(["sh", "-c", "printf OK"]));
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["stdout"], "static: sh -c printf OK");
+    assert_eq!(r["stderr"], "");
+    assert_eq!(r["duration_ms"], 0);
+    assert_eq!(r["runtime"]["provider"], "static");
+    assert_eq!(r["state"], "succeeded");
+    assert_eq!(
+        (
+            r["stdout_truncated"].as_bool(),
+            r["stderr_truncated"].as_bool()
+        ),
+        (Some(false), Some(false))
+    );
+    assert!(r["started_at"].is_string() && r["finished_at"].is_string());
+    let id = r["run_id"].as_str().unwrap().to_owned();
+
+    drop(p); // SIGKILL
+    let again = provider(dir.path());
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "-H",
+            &format!("Authorization: Bearer {}", token("alice", ALL)),
+        ])
+        .arg(format!("{}/api/v1/containers/runs/{id}", again.url()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["state"], "succeeded");
+    assert_eq!(rec["result"]["stdout"], "static: sh -c printf OK");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("runs.sqlite"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the ledger is private");
+}
+
+#[test]
+fn the_provider_refuses_bad_flags() {
+    let out = bus()
+        .args(["api-provider", "containers", "--addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "no secret");
+    let out = bus()
+        .args([
+            "api-provider",
+            "containers",
+            "--addr",
+            "127.0.0.1:0",
+            "--request-timeout",
+            "later",
+        ])
+        .env("BUS_API_JWT_SECRET", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

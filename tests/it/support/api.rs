@@ -1,0 +1,179 @@
+//! An in-process containers API on port 0: static, or on a memory bus with
+//! a real worker actor whose engine is the in-memory fake.
+
+use super::{memory_broker, SECRET};
+use actix::Addr;
+use bus_containers::actors::docker_worker::{DockerWorker, Engine, WorkerConfig};
+use bus_containers::auth::{issue_token, IssueRequest, Secrets, AUDIENCE_API, AUDIENCE_INTERNAL};
+use bus_containers::broker::SharedBroker;
+use bus_containers::cli::serve_containers::{
+    self, ApiBackend, BillingBackend, ContainersOptions, UsageBackend,
+};
+use bus_containers::config::Config;
+use bus_containers::http::server;
+use bus_containers::request::BusIdentity;
+use bus_containers::runtime::fake::FakeRuntime;
+use bus_containers::runtime::SharedRuntime;
+use bus_containers::store::sqlite::SqliteStore;
+use bus_containers::store::{Retention, SharedStore};
+use bus_containers::worker::WorkerSettings;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const ALL: &str = "container:read container:run container:delete";
+
+pub fn token(sub: &str, scopes: &str) -> String {
+    token_for(sub, scopes, AUDIENCE_API)
+}
+
+pub fn token_for(sub: &str, scopes: &str, aud: &str) -> String {
+    let req = IssueRequest {
+        subject: sub.into(),
+        audience: aud.into(),
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        ttl: Duration::from_secs(600),
+    };
+    issue_token(SECRET, &req).unwrap().0
+}
+
+pub fn internal(scopes: &str) -> String {
+    token_for("ops", scopes, AUDIENCE_INTERNAL)
+}
+
+pub fn options() -> ContainersOptions {
+    ContainersOptions {
+        backend: ApiBackend::Static,
+        usage_backend: UsageBackend::None,
+        billing_backend: BillingBackend::None,
+        request_timeout: Duration::from_secs(60),
+        instance_id: "test-instance".into(),
+        max_concurrent_runs: 16,
+        retention: Retention {
+            max_age: Duration::from_secs(3600),
+            max_runs: 10_000,
+        },
+        output_cap_bytes: 1 << 20,
+        max_body_bytes: 1 << 20,
+        heartbeat: Duration::from_secs(15),
+        workers: 1,
+    }
+}
+
+pub struct Api {
+    pub url: String,
+    pub store: SharedStore,
+    pub broker: Option<SharedBroker>,
+    pub fake: Option<FakeRuntime>,
+    pub worker: Option<Addr<DockerWorker>>,
+    pub handle: actix_web::dev::ServerHandle,
+    pub metrics: bus_containers::metrics::Metrics,
+}
+
+impl Api {
+    /// The static backend.
+    pub async fn static_backend(tweak: impl FnOnce(&mut ContainersOptions)) -> Api {
+        let mut opts = options();
+        tweak(&mut opts);
+        let store: SharedStore = Arc::new(SqliteStore::memory().unwrap());
+        Self::start(opts, store, None).await
+    }
+
+    /// The events backend on a memory bus, with a standalone worker on the
+    /// fake engine.
+    pub async fn with_fake_worker(tweak: impl FnOnce(&mut ContainersOptions)) -> Api {
+        let mut opts = options();
+        opts.backend = ApiBackend::Events;
+        tweak(&mut opts);
+        let (broker, _) = memory_broker();
+        let fake = FakeRuntime::new();
+        let settings = WorkerSettings {
+            worker_id: "w1".into(),
+            config: Config::builtin(),
+            codex_mounts: vec![],
+            codex_env: vec![],
+        };
+        let runtime: SharedRuntime = Arc::new(fake.clone());
+        let worker = DockerWorker::start(
+            broker.clone(),
+            super::requester(&broker, "worker", true),
+            Engine::Containers(runtime),
+            WorkerConfig::new(settings, "bus.containers"),
+        )
+        .await
+        .unwrap();
+        let store: SharedStore = Arc::new(SqliteStore::memory().unwrap());
+        let mut api = Self::start(opts, store, Some(broker)).await;
+        api.fake = Some(fake);
+        api.worker = Some(worker);
+        actix_rt::time::sleep(Duration::from_millis(350)).await; // the worker's engine check
+        api
+    }
+
+    pub async fn start(
+        opts: ContainersOptions,
+        store: SharedStore,
+        broker: Option<SharedBroker>,
+    ) -> Api {
+        let listener = server::listen("127.0.0.1:0").unwrap();
+        let bus = broker.clone().map(|b| (b, BusIdentity::service("api")));
+        let started = serve_containers::start(
+            opts,
+            Secrets::new(SECRET.to_vec(), None),
+            store.clone(),
+            bus,
+            listener,
+        )
+        .await
+        .unwrap();
+        let handle = started.server.handle();
+        actix_rt::spawn(started.server);
+        Api {
+            url: format!("http://{}", started.addr),
+            store,
+            broker,
+            fake: None,
+            worker: None,
+            handle,
+            metrics: started.metrics,
+        }
+    }
+
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+/// One request: status, `Retry-After` (if any) and the JSON body (or the
+/// raw text as a JSON string).
+pub async fn call(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let mut req = client.request(method.parse().unwrap(), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let mut resp = match body {
+        Some(b) => req
+            .insert_header(("Content-Type", "application/json"))
+            .send_body(b.to_owned())
+            .await
+            .unwrap(),
+        None => req.send().await.unwrap(),
+    };
+    let retry = resp
+        .headers()
+        .get("Retry-After")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = resp.body().limit(16 << 20).await.unwrap();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (resp.status().as_u16(), retry, json)
+}
