@@ -1,6 +1,8 @@
 //! The `bus` command line: BusDK's command names, one binary. Invoked as
 //! `bus-<group>-<name>` (a link), it behaves as `bus <group> <name>`.
 
+mod busfile;
+pub mod containers;
 mod events;
 mod integration;
 pub mod process;
@@ -37,7 +39,9 @@ pub enum Command {
     /// API servers.
     #[command(name = "api-provider", subcommand)]
     ApiProvider(ApiProviderCommand),
-    /// Integrations on the bus: the router.
+    /// The containers API client: status, run, runs, delete, logs, input, wait.
+    Containers(containers::ContainersArgs),
+    /// Integrations on the bus: the router and the workers.
     #[command(subcommand)]
     Integration(IntegrationCommand),
     /// Publish to and listen on the Events API.
@@ -49,6 +53,11 @@ pub enum Command {
     /// Measure this machine: figures beside baselines taken in the same run.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,15 +152,36 @@ pub fn refuse_literal_token(given: &Option<String>) -> Result<(), Failure> {
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
     let args = expand_argv0(std::env::args_os().collect());
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
+    // `bus FILE.bus`: a file of commands.
+    if args.len() == 2 && args[1].to_string_lossy().ends_with(".bus") {
+        let path = std::path::PathBuf::from(&args[1]);
+        let result = busfile::run(&path, |words| {
+            let argv = std::iter::once("bus".to_owned()).chain(words);
+            match Cli::try_parse_from(argv) {
+                Ok(cli) => run(cli),
+                Err(e) => {
+                    let _ = e.print();
+                    Err(Failure {
+                        code: EXIT_USAGE,
+                        message: String::new(),
+                    })
+                }
+            }
+        });
+        return finish(result);
+    }
+    match Cli::try_parse_from(args) {
+        Ok(cli) => finish(run(cli)),
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 })
         }
-    };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    }
+}
+
+fn finish(result: Result<u8, Failure>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
         Err(f) => {
             if !f.message.is_empty() {
                 eprintln!("bus: {}", f.message);
@@ -161,25 +191,42 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli) -> Result<u8, Failure> {
     let quiet_default = matches!(
         cli.command,
-        Command::Events(_) | Command::Operator(_) | Command::Bench(_)
+        Command::Events(_)
+            | Command::Operator(_)
+            | Command::Bench(_)
+            | Command::Containers(_)
+            | Command::Completions { .. }
     );
     crate::telemetry::init(cli.log_format, if quiet_default { "warn" } else { "info" });
+    let done = |r: Result<(), Failure>| r.map(|_| 0);
     match cli.command {
-        Command::ApiProvider(ApiProviderCommand::Events(args)) => serve_events::run(args),
-        Command::ApiProvider(ApiProviderCommand::Containers(args)) => serve_containers::run(args),
-        Command::Events(cmd) => events::run(cmd),
-        Command::Integration(IntegrationCommand::Containers(args)) => integration::run_router(args),
+        Command::ApiProvider(ApiProviderCommand::Events(args)) => done(serve_events::run(args)),
+        Command::ApiProvider(ApiProviderCommand::Containers(args)) => {
+            done(serve_containers::run(args))
+        }
+        Command::Containers(args) => containers::main(args),
+        Command::Events(cmd) => done(events::run(cmd)),
+        Command::Integration(IntegrationCommand::Containers(args)) => {
+            done(integration::run_router(args))
+        }
         Command::Integration(IntegrationCommand::Docker(args)) => {
-            worker::run_worker(args, worker::Flavour::Docker)
+            done(worker::run_worker(args, worker::Flavour::Docker))
         }
         Command::Integration(IntegrationCommand::Podman(args)) => {
-            worker::run_worker(args, worker::Flavour::Podman)
+            done(worker::run_worker(args, worker::Flavour::Podman))
         }
-        Command::Operator(OperatorCommand::Token(args)) => token::run(args),
-        Command::Bench(cmd) => crate::bench::run(cmd),
+        Command::Operator(OperatorCommand::Token(args)) => done(token::run(args)),
+        Command::Bench(cmd) => done(crate::bench::run(cmd)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "bus", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(0)
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 
 mod api_processes;
 mod broker_conformance;
+mod cli_containers;
 mod cli_events;
 mod containers_api;
 mod docker_worker;

@@ -82,18 +82,30 @@ impl Api {
     /// The events backend on a memory bus, with a standalone worker on the
     /// fake engine.
     pub async fn with_fake_worker(tweak: impl FnOnce(&mut ContainersOptions)) -> Api {
+        let fake = FakeRuntime::new();
+        let mut api = Self::with_worker(Arc::new(fake.clone()), Config::builtin(), tweak).await;
+        api.fake = Some(fake);
+        api
+    }
+
+    /// The events backend on a memory bus with a standalone worker on
+    /// `runtime` (the fake, or a real engine).
+    pub async fn with_worker(
+        runtime: SharedRuntime,
+        config: Config,
+        tweak: impl FnOnce(&mut ContainersOptions),
+    ) -> Api {
         let mut opts = options();
         opts.backend = ApiBackend::Events;
         tweak(&mut opts);
         let (broker, _) = memory_broker();
-        let fake = FakeRuntime::new();
+        let worker_id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let settings = WorkerSettings {
-            worker_id: "w1".into(),
-            config: Config::builtin(),
+            worker_id,
+            config,
             codex_mounts: vec![],
             codex_env: vec![],
         };
-        let runtime: SharedRuntime = Arc::new(fake.clone());
         let worker = DockerWorker::start(
             broker.clone(),
             super::requester(&broker, "worker", true),
@@ -104,7 +116,6 @@ impl Api {
         .unwrap();
         let store: SharedStore = Arc::new(SqliteStore::memory().unwrap());
         let mut api = Self::start(opts, store, Some(broker)).await;
-        api.fake = Some(fake);
         api.worker = Some(worker);
         actix_rt::time::sleep(Duration::from_millis(350)).await; // the worker's engine check
         api

@@ -1,0 +1,321 @@
+//! `bus containers run`: create a run, then wait for it in the
+//! foreground like `docker run` — live output (`--format text`) or the
+//! result (`json`, `tsv`) — with a spinner on a terminal, stdin forwarding
+//! (`-i`), and Ctrl-C to cancel (a second Ctrl-C leaves).
+
+use super::super::Failure;
+use super::client::{ApiFailure, Client, EXIT_PLATFORM};
+use super::output::{cell, Format, Out};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::time::Duration;
+
+/// `timed_out` → 124, as `timeout(1)`.
+pub const EXIT_TIMED_OUT: u8 = 124;
+/// Cancelled (Ctrl-C) → 130, as a shell's SIGINT.
+pub const EXIT_CANCELLED: u8 = 130;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// A profile of the server (e.g. codex).
+    #[arg(long, conflicts_with = "image")]
+    pub profile: Option<String>,
+    /// An explicit image (must be allowed by the worker; needs a command).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// The run's timeout in seconds (0: the profile's default).
+    #[arg(long)]
+    pub timeout_seconds: Option<u64>,
+    /// Print the run id and return at once.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Forward this terminal's stdin to the run.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Environment for the run, NAME=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// The command (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    fn body(&self) -> Result<Value, Failure> {
+        if self.profile.is_none() && self.image.is_none() {
+            return Err(Failure::usage("give --profile NAME or --image IMAGE"));
+        }
+        let mut env = BTreeMap::new();
+        for e in &self.env {
+            let (k, v) = e
+                .split_once('=')
+                .ok_or_else(|| Failure::usage(format!("-e {e:?}: use NAME=VALUE")))?;
+            env.insert(k.to_owned(), v.to_owned());
+        }
+        let mut body = json!({"wait": false});
+        if let Some(p) = &self.profile {
+            body["profile"] = json!(p);
+        }
+        if let Some(i) = &self.image {
+            body["image"] = json!(i);
+        }
+        if !self.command.is_empty() {
+            body["command"] = json!(self.command);
+        }
+        if let Some(t) = self.timeout_seconds {
+            body["timeout_seconds"] = json!(t);
+        }
+        if !env.is_empty() {
+            body["env"] = json!(env);
+        }
+        if self.interactive {
+            body["interactive"] = json!(true);
+        }
+        Ok(body)
+    }
+}
+
+/// The exit code a result maps to.
+pub fn exit_code_of(result: &Value) -> u8 {
+    match result.get("state").and_then(Value::as_str) {
+        Some("timed_out") => EXIT_TIMED_OUT,
+        Some("cancelled") => EXIT_CANCELLED,
+        _ => match result.get("exit_code").and_then(Value::as_i64) {
+            Some(code) => code.clamp(0, 255) as u8,
+            None => EXIT_PLATFORM,
+        },
+    }
+}
+
+fn spinner(quiet: bool, run_id: &str) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(format!("running {run_id}"));
+    pb.enable_steady_tick(Duration::from_millis(100));
+    pb
+}
+
+/// Waits for the result by long-polling `/wait`.
+async fn wait_result(client: &Client, run_id: &str) -> Result<Value, ApiFailure> {
+    let poll = client
+        .timeout()
+        .saturating_sub(Duration::from_secs(2))
+        .clamp(Duration::from_secs(1), Duration::from_secs(25));
+    loop {
+        let path = format!(
+            "/api/v1/containers/runs/{run_id}/wait?timeout={}s",
+            poll.as_secs()
+        );
+        match client.json("GET", &path, None).await {
+            Ok((200, v)) => return Ok(v),
+            Ok(_) => continue,
+            // Deleted while we waited (our own Ctrl-C): it was cancelled.
+            Err(e) if e.status == 404 => {
+                return Ok(json!({"run_id": run_id, "state": "cancelled"}))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Streams the run's output to stdout/stderr until its exit line.
+async fn follow_output(
+    client: &Client,
+    run_id: &str,
+    out: &mut Out,
+    pb: &ProgressBar,
+) -> Result<Value, ApiFailure> {
+    let mut resp = client
+        .stream(&format!(
+            "/api/v1/containers/runs/{run_id}/logs?follow=true"
+        ))
+        .await?;
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.next().await {
+        let chunk = chunk.map_err(|e| ApiFailure {
+            status: 0,
+            body: None,
+            message: format!("the log stream broke: {e}"),
+        })?;
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if let Some(result) = v.get("exit") {
+                return Ok(result.clone());
+            }
+            let data = v.get("data").and_then(Value::as_str).unwrap_or("");
+            pb.suspend(|| {
+                if v.get("stream").and_then(Value::as_str) == Some("stderr") {
+                    let mut e = std::io::stderr();
+                    let _ = e.write_all(data.as_bytes());
+                    let _ = e.flush();
+                } else {
+                    let _ = out.raw(data.as_bytes());
+                }
+            });
+        }
+    }
+    // The stream ended without an exit line: ask for the result.
+    wait_result(client, run_id).await
+}
+
+/// Forwards this process's stdin to the run, then closes it.
+fn forward_stdin(client: Client, run_id: String) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.blocking_send(None);
+                    break;
+                }
+                Ok(n) => {
+                    if tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    actix_rt::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            let body = match &item {
+                Some(data) => json!({"data": String::from_utf8_lossy(data), "eof": false}),
+                None => json!({"eof": true}),
+            };
+            let path = format!("/api/v1/containers/runs/{run_id}/input");
+            // The run may not have started yet: retry briefly.
+            for _ in 0..100 {
+                match client.json("POST", &path, Some(&body)).await {
+                    Err(e) if e.status == 503 => {
+                        actix_rt::time::sleep(Duration::from_millis(100)).await
+                    }
+                    _ => break,
+                }
+            }
+            if item.is_none() {
+                break;
+            }
+        }
+    });
+}
+
+fn print_result(out: &mut Out, result: &Value) -> Result<(), Failure> {
+    match out.format {
+        Format::Json => out.json(result),
+        Format::Tsv => {
+            let cols = [
+                "run_id",
+                "state",
+                "exit_code",
+                "duration_ms",
+                "worker_id",
+                "stdout_truncated",
+                "stderr_truncated",
+            ];
+            let row: Vec<String> = cols
+                .iter()
+                .map(|c| cell(result.get(*c).unwrap_or(&Value::Null)))
+                .collect();
+            out.table(&cols, &[row])
+        }
+        Format::Text => Ok(()),
+    }
+}
+
+/// Runs `args`; returns the exit code.
+pub async fn run(client: Client, out: &mut Out, args: RunArgs) -> Result<u8, Failure> {
+    let body = args.body()?;
+    let (_, accepted) = client
+        .json("POST", "/api/v1/containers/runs", Some(&body))
+        .await
+        .map_err(|e| e.into_failure(EXIT_PLATFORM))?;
+    let run_id = accepted
+        .get("run_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if accepted.get("state").and_then(Value::as_str) != Some("running") {
+        // Already finished (a server that ignores "wait": false).
+        print_result(out, &accepted)?;
+        return Ok(exit_code_of(&accepted));
+    }
+    if args.detach {
+        match out.format {
+            Format::Json => out.json(&accepted)?,
+            Format::Text => out.line(&run_id)?,
+            Format::Tsv => out.table(
+                &["run_id", "state"],
+                &[vec![run_id.clone(), "running".into()]],
+            )?,
+        }
+        return Ok(0);
+    }
+    if args.interactive {
+        forward_stdin(client.clone(), run_id.clone());
+    }
+    let pb = spinner(out.quiet, &run_id);
+    let text = out.format == Format::Text;
+    let mut interrupts = 0;
+    let outcome = {
+        let waiting = async {
+            if text {
+                follow_output(&client, &run_id, out, &pb).await
+            } else {
+                wait_result(&client, &run_id).await
+            }
+        };
+        tokio::pin!(waiting);
+        loop {
+            tokio::select! {
+                r = &mut waiting => break Some(r),
+                _ = tokio::signal::ctrl_c() => {
+                    interrupts += 1;
+                    if interrupts >= 2 {
+                        break None;
+                    }
+                    pb.suspend(|| eprintln!("bus: cancelling {run_id} (press Ctrl-C again to leave at once)"));
+                    let (c, id) = (client.clone(), run_id.clone());
+                    actix_rt::spawn(async move {
+                        if let Err(e) = c.json("DELETE", &format!("/api/v1/containers/runs/{id}"), None).await {
+                            eprintln!("bus: could not cancel {id}: {}", e.message);
+                        }
+                    });
+                }
+            }
+        }
+    };
+    pb.finish_and_clear();
+    let Some(outcome) = outcome else {
+        eprintln!("bus: left {run_id}; it was cancelled");
+        return Ok(EXIT_CANCELLED);
+    };
+    let result = outcome.map_err(|e| e.into_failure(EXIT_PLATFORM))?;
+    if let Some(err) = result.get("error") {
+        let message = format!(
+            "the run failed ({}): {}",
+            err.get("type").and_then(Value::as_str).unwrap_or("error"),
+            err.get("message").and_then(Value::as_str).unwrap_or("")
+        );
+        return Err(Failure {
+            code: EXIT_PLATFORM,
+            message,
+        });
+    }
+    print_result(out, &result)?;
+    Ok(exit_code_of(&result))
+}
