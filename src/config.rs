@@ -13,11 +13,31 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
+    pub dev: DevSection,
+    #[serde(default)]
     pub worker: WorkerSection,
     #[serde(default)]
     pub defaults: SandboxSettings,
     #[serde(default)]
     pub profiles: BTreeMap<String, Profile>,
+}
+
+/// `[dev]`: the single-process stack (`bus dev`). Flags and environment
+/// variables override these.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSection {
+    /// Containers API address (`BUS_DEV_ADDR`, `--addr`).
+    pub addr: Option<String>,
+    /// Events API listener for outside workers; off when unset
+    /// (`BUS_DEV_EVENTS_ADDR`, `--events-addr`).
+    pub events_addr: Option<String>,
+    /// `docker` or `static` (`BUS_DEV_PROVIDER`, `--provider`).
+    pub provider: Option<String>,
+    /// Where the run ledger lives (`BUS_DATA_DIR`, `--data-dir`).
+    pub data_dir: Option<String>,
+    /// Concurrent runs per account.
+    pub max_concurrent_runs: Option<usize>,
 }
 
 /// `[worker]`: how a worker treats requests.

@@ -3,6 +3,7 @@
 
 mod busfile;
 pub mod containers;
+pub mod dev;
 mod events;
 mod integration;
 pub mod process;
@@ -36,6 +37,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole stack in one process on the embedded broker (local development).
+    Dev(dev::DevArgs),
     /// API servers.
     #[command(name = "api-provider", subcommand)]
     ApiProvider(ApiProviderCommand),
@@ -208,6 +211,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             done(serve_containers::run(args))
         }
         Command::Containers(args) => containers::main(args),
+        Command::Dev(args) => done(dev::run(args)),
         Command::Events(cmd) => done(events::run(cmd)),
         Command::Integration(IntegrationCommand::Containers(args)) => {
             done(integration::run_router(args))

@@ -87,6 +87,11 @@ pub fn run(args: EventsServerArgs) -> Result<(), Failure> {
         });
         let server = server::start_events(listener, api, probes, workers)?;
         tracing::info!(%addr, backend = "memory", "events API listening");
+        let handle = server.handle();
+        actix_rt::spawn(async move {
+            super::process::stop_signal().await;
+            handle.stop(true).await;
+        });
         server.await.map_err(Failure::from)
     })
 }

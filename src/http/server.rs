@@ -61,6 +61,7 @@ pub fn start_events(
     .workers(workers.max(1))
     .tcp_nodelay(true)
     .shutdown_timeout(5)
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)
@@ -76,6 +77,7 @@ pub fn start_probes(listener: TcpListener, probes: probes::Probes) -> std::io::R
     })
     .workers(1)
     .shutdown_timeout(2)
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)
@@ -112,6 +114,7 @@ pub fn start_containers(
     .workers(workers.max(1))
     .tcp_nodelay(true)
     .shutdown_timeout(10)
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)

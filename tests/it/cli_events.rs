@@ -267,3 +267,27 @@ fn the_server_refuses_to_start_without_a_secret() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn busdk_binary_names_work_through_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("bus-operator-token");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_bus"), &link).unwrap();
+    let out = Command::new(&link)
+        .args(["issue", "--local", "--format", "json"])
+        .env("BUS_AUTH_HS256_SECRET", RAW_SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"token\""));
+    let link = dir.path().join("bus-integration-podman");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_bus"), &link).unwrap();
+    let out = Command::new(&link)
+        .args(["--provider", "static", "--self-test"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "bus-integration-podman self-test OK"
+    );
+}

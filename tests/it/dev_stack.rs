@@ -1,0 +1,208 @@
+//! `bus dev` as a new user meets it: a subprocess with a temporary config
+//! directory, then `bus containers run` end to end on real Docker.
+
+use crate::support::bus;
+use crate::support::docker::engine;
+use bus_containers::runtime::ContainerRuntime;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Dev {
+    child: Child,
+    url: String,
+    config_dir: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    printed: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev(extra: &[&str], prepare: impl FnOnce(&std::path::Path)) -> Dev {
+    let config_dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    prepare(config_dir.path());
+    let mut cmd = bus();
+    cmd.args(["dev", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .args(extra)
+        .env("BUS_CONFIG_DIR", config_dir.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = printed.clone();
+    std::thread::spawn(move || {
+        let mut url = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&format!("{line}\n"));
+            if line.starts_with("bus dev is up") {
+                url = line.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_owned);
+            }
+            // The last line of the greeting.
+            if line.starts_with("Ctrl-C stops it") {
+                if let Some(u) = url.take() {
+                    let _ = tx.send(u);
+                }
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("bus dev did not come up: {}", printed.lock().unwrap()));
+    Dev {
+        child,
+        url,
+        config_dir,
+        _data: data,
+        printed,
+    }
+}
+
+fn containers(dev: &Dev) -> Command {
+    let mut c = bus();
+    c.env("BUS_CONFIG_DIR", dev.config_dir.path())
+        .env("BUS_AI_API_URL", &dev.url)
+        .args(["containers"]);
+    c
+}
+
+fn sigint(child: &Child) {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn bus_dev_runs_printf_ok_end_to_end_and_ctrl_c_leaves_nothing() {
+    let Some(docker) = engine().await else { return };
+    let mut dev = start_dev(&[], |_| {});
+    let printed = dev.printed.lock().unwrap().clone();
+    assert!(printed.contains("wrote a dev token"), "{printed}");
+    assert!(
+        printed.contains("bus containers"),
+        "names the next command: {printed}"
+    );
+    let auth = dev.config_dir.path().join("auth");
+    for f in ["dev-secret", "api-token"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(auth.join(f)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    // The new user's first command, with the token bus dev wrote.
+    let mut c = containers(&dev);
+    c.args(["run", "--profile", "codex", "--", "sh", "-lc", "printf OK"]);
+    let out = c.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["stdout"], "OK");
+    let mut c = containers(&dev);
+    c.args([
+        "run",
+        "--format",
+        "text",
+        "--profile",
+        "codex",
+        "--",
+        "sh",
+        "-lc",
+        "printf OK",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&c.output().unwrap().stdout), "OK");
+
+    // Ctrl-C with a run in flight: cancelled, container removed.
+    let mut c = containers(&dev);
+    c.args(["run", "--profile", "codex", "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut client = c.spawn().unwrap();
+    let mut running = false;
+    for _ in 0..100 {
+        let ps = Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                "label=bus.worker_id=dev",
+                "--filter",
+                "label=bus.managed=true",
+            ])
+            .output()
+            .unwrap();
+        if !ps.stdout.is_empty() {
+            running = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(running, "the run's container started");
+    sigint(&dev.child);
+    let status = dev.child.wait().unwrap();
+    assert!(status.success(), "bus dev stopped cleanly: {status:?}");
+    let _ = client.kill();
+    let _ = client.wait();
+    let left = docker.list_managed("dev").await.unwrap();
+    assert!(left.is_empty(), "no container left: {left:?}");
+    assert!(dev.printed.lock().unwrap().contains("stopped"));
+}
+
+#[test]
+fn a_foreign_token_is_left_alone_and_static_needs_no_engine() {
+    let dev = start_dev(&["--provider", "static"], |dir| {
+        std::fs::create_dir_all(dir.join("auth")).unwrap();
+        std::fs::write(dir.join("auth/api-token"), "someone-elses-token\n").unwrap();
+    });
+    let printed = dev.printed.lock().unwrap().clone();
+    assert!(
+        printed.contains("left alone") && printed.contains("dev-token"),
+        "{printed}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dev.config_dir.path().join("auth/api-token")).unwrap(),
+        "someone-elses-token\n"
+    );
+    let mut c = containers(&dev);
+    c.arg("--token-file")
+        .arg(dev.config_dir.path().join("auth/dev-token"))
+        .args(["run", "--profile", "codex", "--", "printf", "OK"]);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("static: printf OK"));
+}
+
+#[test]
+fn no_engine_is_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bus()
+        .args(["dev", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("BUS_CONFIG_DIR", dir.path())
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no Docker engine") && err.contains("--provider static"),
+        "{err}"
+    );
+}
