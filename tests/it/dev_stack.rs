@@ -45,7 +45,10 @@ fn start_dev(extra: &[&str], prepare: impl FnOnce(&std::path::Path)) -> Dev {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             sink.lock().unwrap().push_str(&format!("{line}\n"));
             if line.starts_with("bus dev is up") {
-                url = line.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_owned);
+                url = line
+                    .split_whitespace()
+                    .find(|w| w.starts_with("http://"))
+                    .map(str::to_owned);
             }
             // The last line of the greeting.
             if line.starts_with("Ctrl-C stops it") {
