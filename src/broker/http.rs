@@ -52,7 +52,7 @@ pub struct HttpBrokerConfig {
 pub fn events_endpoint(url: &str) -> Result<String, String> {
     let url = url.trim().trim_end_matches('/');
     if url.starts_with("nats://") {
-        return Err("nats:// URLs select the NATS backend, which this build does not include yet; use the Events API's http:// URL".into());
+        return Err("nats:// URLs select the NATS backend, not the Events API over HTTP".into());
     }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!(

@@ -10,6 +10,7 @@ pub mod event;
 pub mod http;
 pub mod listener;
 pub mod memory;
+pub mod nats;
 
 pub use event::Event;
 pub use listener::ListenerHealth;

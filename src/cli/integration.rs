@@ -64,15 +64,16 @@ pub fn run_router(args: RouterArgs) -> Result<(), Failure> {
     config.request_timeout = args.request_timeout;
     actix_rt::System::new().block_on(async move {
         let metrics = Metrics::new();
+        let broker = bus.open().await?;
         let router = Router::start(
-            bus.broker.clone(),
+            broker.clone(),
             bus.identity.clone(),
             config,
             RouterMetrics::register(&metrics),
         )
         .await?;
         tracing::info!(provider = ?args.provider, prefix = %prefix, "router subscribed");
-        serve_probes(args.bus.addr.as_deref(), bus.broker, metrics, "router")?;
+        serve_probes(args.bus.addr.as_deref(), broker, metrics, "router")?;
         stop_signal().await;
         let _ = router.send(Shutdown).await;
         Ok(())

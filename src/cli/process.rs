@@ -27,16 +27,48 @@ pub struct BusArgs {
     pub addr: Option<String>,
 }
 
-/// A connection to the bus with this process's identity.
+/// Where this process's bus is, and who it is there.
 pub struct BusConnection {
-    pub broker: SharedBroker,
     pub identity: BusIdentity,
+    target: Target,
 }
 
-/// Connects to the Events API at `--events-url` with the process's token
-/// (`BUS_API_TOKEN`, then the api-token file).
+enum Target {
+    Http(Arc<HttpBroker>),
+    Nats(String),
+}
+
+impl BusConnection {
+    /// Opens the broker; must run inside the process's actix System.
+    pub async fn open(&self) -> Result<SharedBroker, Failure> {
+        match &self.target {
+            Target::Http(b) => Ok(b.clone()),
+            Target::Nats(url) => {
+                let broker =
+                    crate::broker::nats::NatsBroker::connect(url, Default::default()).await?;
+                Ok(Arc::new(broker))
+            }
+        }
+    }
+}
+
+/// Prepares the connection to `--events-url`: an Events API over HTTP with
+/// the process's token (`BUS_API_TOKEN`, then the api-token file), or NATS
+/// directly (`nats://...`; NATS's own credentials, a token is optional).
 pub fn connect(args: &BusArgs) -> Result<BusConnection, Failure> {
-    let source = TokenSource::for_events_client().map_err(Failure::usage)?;
+    let source = TokenSource::for_events_client();
+    if args.events_url.trim().starts_with("nats://") {
+        let sub = source
+            .ok()
+            .and_then(|s| s.load().ok())
+            .and_then(|t| token_subject(&t))
+            .unwrap_or_else(|| format!("bus-{}", hostname()));
+        return Ok(BusConnection {
+            identity: BusIdentity::service(sub),
+            target: Target::Nats(args.events_url.trim().to_owned()),
+        });
+    }
+    let source = source.map_err(Failure::usage)?;
     let token = source.load().map_err(Failure::usage)?;
     let sub = token_subject(&token).ok_or_else(|| {
         Failure::usage(format!("the token from {} is not a JWT", source.describe()))
@@ -44,8 +76,8 @@ pub fn connect(args: &BusArgs) -> Result<BusConnection, Failure> {
     let config = HttpBrokerConfig::from_env(&args.events_url, source).map_err(Failure::usage)?;
     let broker = HttpBroker::new(config).map_err(Failure::error)?;
     Ok(BusConnection {
-        broker: Arc::new(broker),
         identity: BusIdentity::service(sub),
+        target: Target::Http(Arc::new(broker)),
     })
 }
 

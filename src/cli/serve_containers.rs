@@ -299,11 +299,10 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
         || args.usage_backend == UsageBackend::Events
         || args.billing_backend == BillingBackend::Events;
     let bus = if needs_bus {
-        let b = connect(&BusArgs {
+        Some(connect(&BusArgs {
             events_url: args.events_url.clone(),
             addr: None,
-        })?;
-        Some((b.broker, b.identity))
+        })?)
     } else {
         None
     };
@@ -329,6 +328,10 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
         }),
     };
     actix_rt::System::new().block_on(async move {
+        let bus = match bus {
+            Some(b) => Some((b.open().await?, b.identity.clone())),
+            None => None,
+        };
         let started = start(opts, secrets, store, bus, listener).await?;
         let handle = started.server.handle();
         actix_rt::spawn(async move {

@@ -18,6 +18,8 @@ pub enum EventsBackend {
     /// The embedded in-memory broker.
     #[default]
     Memory,
+    /// A NATS server (--nats-url): HTTP clients and NATS clients share one bus.
+    Nats,
 }
 
 #[derive(Debug, Args)]
@@ -28,6 +30,9 @@ pub struct EventsServerArgs {
     /// Broker backend.
     #[arg(long, value_enum, default_value_t)]
     pub events_backend: EventsBackend,
+    /// The NATS server, with --events-backend nats.
+    #[arg(long, env = "BUS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
     /// More name prefixes that need container:admin (repeatable).
     #[arg(long = "protected-prefix")]
     pub protected_prefix: Vec<String>,
@@ -86,7 +91,7 @@ pub fn run(args: EventsServerArgs) -> Result<(), Failure> {
                 .unwrap_or(2)
         });
         let server = server::start_events(listener, api, probes, workers)?;
-        tracing::info!(%addr, backend = "memory", "events API listening");
+        tracing::info!(%addr, backend = ?args.events_backend, "events API listening");
         let handle = server.handle();
         actix_rt::spawn(async move {
             super::process::stop_signal().await;

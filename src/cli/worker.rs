@@ -272,15 +272,16 @@ pub fn run_worker(args: WorkerArgs, flavour: Flavour) -> Result<(), Failure> {
     }
     actix_rt::System::new().block_on(async move {
         let metrics = Metrics::new();
+        let broker = bus.open().await?;
         let publisher = Requester::new(
-            bus.broker.clone(),
+            broker.clone(),
             bus.identity.clone(),
             ReplyMetrics::register(&metrics, "bus_worker"),
         );
         let worker_id = config.settings.worker_id.clone();
-        let worker = DockerWorker::start(bus.broker.clone(), publisher, engine, config).await?;
+        let worker = DockerWorker::start(broker.clone(), publisher, engine, config).await?;
         tracing::info!(worker_id = %worker_id, prefix = %prefix, "worker subscribed");
-        serve_probes(args.bus.addr.as_deref(), bus.broker, metrics, "worker")?;
+        serve_probes(args.bus.addr.as_deref(), broker, metrics, "worker")?;
         stop_signal().await;
         let _ = worker.send(Shutdown).await;
         Ok(())

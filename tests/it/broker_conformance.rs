@@ -33,7 +33,7 @@ async fn take(stream: EventStream, n: usize) -> Vec<u64> {
 
 /// Everything a backend must do. `b` publishes and subscribes with a
 /// service identity that sees every event.
-async fn suite(b: SharedBroker) {
+pub async fn suite(b: SharedBroker) {
     b.ready().expect("a fresh backend is ready");
 
     // Broadcast: each subscriber gets every event, in publish order, with
@@ -77,13 +77,25 @@ async fn suite(b: SharedBroker) {
     for i in 0..30 {
         b.publish(event("conf.work", i)).await.unwrap();
     }
+    // However a backend spreads them (round robin, random), the group as a
+    // whole gets each event exactly once.
+    let mut merged = futures::stream::select_all(group);
     let mut seen = HashSet::new();
-    for s in group {
-        for i in take(s, 10).await {
-            assert!(seen.insert(i), "event {i} delivered twice in one group");
-        }
+    for _ in 0..30 {
+        let e = within(10, "group events", merged.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let i = e.payload["i"].as_u64().unwrap();
+        assert!(seen.insert(i), "event {i} delivered twice in one group");
     }
     assert_eq!(seen.len(), 30);
+    let extra = actix_rt::time::timeout(std::time::Duration::from_millis(300), merged.next()).await;
+    assert!(
+        extra.is_err(),
+        "no event beyond the 30: {:?}",
+        extra.ok().flatten().map(|e| e.map(|e| e.payload.clone()))
+    );
     assert_eq!(take(other, 30).await, (0..30).collect::<Vec<_>>());
 
     // Replay: stored events first; follow=false closes after them.

@@ -14,6 +14,7 @@ mod docker_worker;
 mod events_api;
 mod http_listener;
 mod memory_broker;
+mod nats_backend;
 mod podman_worker;
 mod router;
 mod router_processes;

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod docker;
 pub mod mock_worker;
+pub mod nats;
 
 use bus_containers::auth::{issue_token, Acl, IssueRequest, Secrets, Verifier, AUDIENCE_API};
 use bus_containers::broker::http::{HttpBroker, HttpBrokerConfig};
@@ -116,17 +117,7 @@ impl EventsServer {
 
     /// An HTTP broker client with `token` (no listener retry).
     pub fn client(&self, token: &str) -> HttpBroker {
-        let mut config = HttpBrokerConfig::from_env(
-            &format!("http://{}", self.addr),
-            TokenSource::Env {
-                var: "test".into(),
-                token: Token::new(token),
-            },
-        )
-        .unwrap();
-        config.retry = None;
-        config.required = false;
-        HttpBroker::new(config).unwrap()
+        http_client(self.addr, token)
     }
 
     /// An HTTP broker client with listener retry and readiness required.
@@ -155,6 +146,21 @@ impl EventsServer {
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0)
     }
+}
+
+/// An HTTP broker client of the Events API at `addr` (no listener retry).
+pub fn http_client(addr: SocketAddr, token: &str) -> HttpBroker {
+    let mut config = HttpBrokerConfig::from_env(
+        &format!("http://{addr}"),
+        TokenSource::Env {
+            var: "test".into(),
+            token: Token::new(token),
+        },
+    )
+    .unwrap();
+    config.retry = None;
+    config.required = false;
+    HttpBroker::new(config).unwrap()
 }
 
 pub fn http() -> awc::Client {

@@ -1,0 +1,268 @@
+//! The `Broker` on NATS: event names are subjects, unicast groups are
+//! queue groups, broadcast is a plain subscription, and replay comes from
+//! a JetStream stream (`BUS_REPLAY`) that keeps a bounded window per name.
+//!
+//! Replay copies go to `bus-replay.<name>`, not to `<name>` itself: a
+//! JetStream stream may not share subjects with another stream (durable
+//! work queues take run-request subjects). NATS carries no bearer tokens:
+//! whoever may connect is trusted like a service, so access is NATS's own
+//! (credentials in the URL, network policy). Identity filtering of
+//! non-service listeners is applied on receipt.
+
+use super::{Broker, BrokerError, Delivery, Event, EventStream, SubscribeSpec};
+use crate::contract::Envelope;
+use async_nats::jetstream;
+use futures::future::LocalBoxFuture;
+use futures::{FutureExt, StreamExt};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The replay stream's name and subject prefix.
+pub const REPLAY_STREAM: &str = "BUS_REPLAY";
+const REPLAY_PREFIX: &str = "bus-replay";
+
+/// Settings of a NATS connection.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Events kept per name for replay (0: no replay stream).
+    pub replay_per_name: i64,
+    /// Bytes kept by the replay stream overall.
+    pub replay_bytes: i64,
+    /// Messages buffered per subscription before NATS drops (counted).
+    pub subscription_capacity: usize,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            replay_per_name: 1000,
+            replay_bytes: 64 << 20,
+            subscription_capacity: 65_536,
+        }
+    }
+}
+
+/// A broker handle on a NATS server (or cluster).
+#[derive(Clone)]
+pub struct NatsBroker {
+    client: async_nats::Client,
+    replay: Option<jetstream::stream::Stream>,
+    js: jetstream::Context,
+    slow: Arc<AtomicU64>,
+}
+
+impl NatsBroker {
+    /// Connects (retrying in the background if the server is not up yet)
+    /// and makes sure the replay stream exists when JetStream is enabled.
+    pub async fn connect(url: &str, options: NatsOptions) -> Result<Self, BrokerError> {
+        let slow = Arc::new(AtomicU64::new(0));
+        let counted = slow.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name("bus")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .subscription_capacity(options.subscription_capacity)
+            .event_callback(move |event| {
+                let counted = counted.clone();
+                async move {
+                    match event {
+                        async_nats::Event::SlowConsumer(sid) => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                subscription = sid,
+                                "NATS slow consumer: messages dropped"
+                            );
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS disconnected; reconnecting")
+                        }
+                        async_nats::Event::Connected => tracing::info!("NATS connected"),
+                        other => tracing::debug!(event = %other, "NATS event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("NATS {url}: {e}")))?;
+        let js = jetstream::new(client.clone());
+        let mut replay = None;
+        if options.replay_per_name > 0 {
+            let config = jetstream::stream::Config {
+                name: REPLAY_STREAM.into(),
+                subjects: vec![format!("{REPLAY_PREFIX}.>")],
+                max_messages_per_subject: options.replay_per_name,
+                max_bytes: options.replay_bytes,
+                discard: jetstream::stream::DiscardPolicy::Old,
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            };
+            match tokio::time::timeout(Duration::from_secs(10), js.get_or_create_stream(config))
+                .await
+            {
+                Ok(Ok(stream)) => replay = Some(stream),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "no JetStream replay stream (is JetStream enabled? nats-server -js); replay is off")
+                }
+                Err(_) => tracing::warn!("JetStream did not answer; replay is off"),
+            }
+        }
+        Ok(NatsBroker {
+            client,
+            replay,
+            js,
+            slow,
+        })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Messages NATS dropped because a subscription could not keep up.
+    pub fn slow_consumer_events(&self) -> u64 {
+        self.slow.load(Ordering::Relaxed)
+    }
+}
+
+fn parse(payload: &[u8]) -> Option<Arc<Event>> {
+    match serde_json::from_slice::<Envelope>(payload) {
+        Ok(env) => Some(Event::new(env)),
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping a malformed message on NATS");
+            None
+        }
+    }
+}
+
+/// The stored events of `name`, oldest first.
+async fn replayed(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+) -> Result<Vec<Arc<Event>>, BrokerError> {
+    let unavailable = |e: String| BrokerError::Unavailable(format!("NATS replay: {e}"));
+    let mut consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("{REPLAY_PREFIX}.{name}"),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .num_pending;
+    let mut out = Vec::with_capacity(pending as usize);
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    while (out.len() as u64) < pending {
+        match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+            Ok(Some(Ok(m))) => out.extend(parse(&m.payload)),
+            Ok(Some(Err(e))) => return Err(unavailable(e.to_string())),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+impl Broker for NatsBroker {
+    fn publish(&self, envelope: Envelope) -> LocalBoxFuture<'static, Result<String, BrokerError>> {
+        let client = self.client.clone();
+        let replay = self.replay.is_some();
+        async move {
+            let payload: bytes::Bytes = serde_json::to_vec(&envelope)
+                .expect("an envelope serialises")
+                .into();
+            let fail = |e: async_nats::PublishError| {
+                BrokerError::Unavailable(format!("NATS publish: {e}"))
+            };
+            client
+                .publish(envelope.name.clone(), payload.clone())
+                .await
+                .map_err(fail)?;
+            if replay {
+                client
+                    .publish(format!("{REPLAY_PREFIX}.{}", envelope.name), payload)
+                    .await
+                    .map_err(fail)?;
+            }
+            Ok(envelope.id)
+        }
+        .boxed_local()
+    }
+
+    fn subscribe(
+        &self,
+        spec: SubscribeSpec,
+    ) -> LocalBoxFuture<'static, Result<EventStream, BrokerError>> {
+        let this = self.clone();
+        async move {
+            let fail = |e: async_nats::SubscribeError| {
+                BrokerError::Unavailable(format!("NATS subscribe: {e}"))
+            };
+            // Live first, so nothing published during the replay is missed.
+            let live = if spec.follow {
+                Some(match &spec.delivery {
+                    Delivery::Broadcast => this
+                        .client
+                        .subscribe(spec.name.clone())
+                        .await
+                        .map_err(fail)?,
+                    Delivery::Unicast { group } => this
+                        .client
+                        .queue_subscribe(spec.name.clone(), group.clone())
+                        .await
+                        .map_err(fail)?,
+                })
+            } else {
+                None
+            };
+            let stored = match (&this.replay, spec.replay) {
+                (Some(stream), true) => replayed(stream, &spec.name).await?,
+                _ => Vec::new(),
+            };
+            let identity = spec.identity.clone();
+            let keep =
+                move |e: &Arc<Event>| identity.as_deref().is_none_or(|who| who == e.identity_id);
+            let seen: HashSet<String> = stored.iter().map(|e| e.id.clone()).collect();
+            let keep_stored = keep.clone();
+            let head =
+                futures::stream::iter(stored.into_iter().filter(move |e| keep_stored(e)).map(Ok));
+            let stream: EventStream = match live {
+                None => head.boxed_local(),
+                Some(sub) => {
+                    let tail = sub.filter_map(move |m| {
+                        let event = parse(&m.payload).filter(|e| keep(e) && !seen.contains(&e.id));
+                        futures::future::ready(event.map(Ok))
+                    });
+                    head.chain(tail).boxed_local()
+                }
+            };
+            Ok(stream)
+        }
+        .boxed_local()
+    }
+
+    fn ready(&self) -> Result<(), BrokerError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            other => Err(BrokerError::Unavailable(format!("NATS is {other:?}"))),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+}

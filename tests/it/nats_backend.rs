@@ -1,0 +1,239 @@
+//! The NATS backend against a real `nats-server`: the broker conformance
+//! suite, the Events API on NATS sharing one bus with NATS clients, and the
+//! whole stack as processes talking `nats://`.
+
+use crate::broker_conformance::suite;
+use crate::support::api::{token, ALL};
+use crate::support::nats::NatsServer;
+use crate::support::*;
+use bus_containers::auth::{Acl, Secrets, Verifier, AUDIENCE_API};
+use bus_containers::broker::nats::{NatsBroker, NatsOptions};
+use bus_containers::broker::{Broker, SharedBroker, SubscribeSpec};
+use bus_containers::contract::{Envelope, Publication};
+use bus_containers::http::events::EventsApi;
+use bus_containers::http::probes::Probes;
+use bus_containers::http::server;
+use futures::StreamExt;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[actix_rt::test]
+async fn nats_backend_passes_the_conformance_suite() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let b: SharedBroker = Arc::new(
+        NatsBroker::connect(&nats.url(), NatsOptions::default())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(b.kind(), "nats");
+    suite(b).await;
+}
+
+#[actix_rt::test]
+async fn http_clients_and_nats_clients_share_one_bus() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let native = NatsBroker::connect(&nats.url(), NatsOptions::default())
+        .await
+        .unwrap();
+    let shared: SharedBroker = Arc::new(native.clone());
+    let listener = server::listen("127.0.0.1:0").unwrap();
+    let addr = server::local_addr(&listener);
+    let api = EventsApi {
+        broker: shared.clone(),
+        verifier: Verifier::new(&Secrets::new(SECRET.to_vec(), None), AUDIENCE_API),
+        acl: Acl::default(),
+        heartbeat: Duration::from_secs(15),
+        max_payload: 1 << 20,
+    };
+    let ready = shared.clone();
+    let probes = Probes {
+        ready: Arc::new(move || ready.ready().map_err(|e| e.to_string())),
+        metrics: Default::default(),
+    };
+    actix_rt::spawn(server::start_events(listener, api, probes, 1).unwrap());
+    let http = http_client(addr, &mint("alice", "events:send events:listen"));
+    // NATS → HTTP listener (identity filtering applies to alice's stream).
+    let mut from_nats = http
+        .subscribe(SubscribeSpec::broadcast("app.shared"))
+        .await
+        .unwrap();
+    native
+        .publish(Envelope::stamp(
+            Publication::new("app.shared", json!({"via": "nats"})),
+            "alice",
+            false,
+        ))
+        .await
+        .unwrap();
+    native
+        .publish(Envelope::stamp(
+            Publication::new("app.shared", json!({"via": "nats-other"})),
+            "bob",
+            false,
+        ))
+        .await
+        .unwrap();
+    let e = within(5, "nats to http", from_nats.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.payload["via"], "nats");
+    // HTTP publisher → NATS subscriber, stamped by the Events API.
+    let mut on_nats = native
+        .subscribe(SubscribeSpec::broadcast("app.back"))
+        .await
+        .unwrap();
+    http.publish(Envelope::stamp(
+        Publication::new("app.back", json!({"via": "http"})),
+        "forged",
+        true,
+    ))
+    .await
+    .unwrap();
+    let e = within(5, "http to nats", on_nats.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.payload["via"].as_str(), e.identity_id.as_str(), e.service),
+        (Some("http"), "alice", false)
+    );
+    // Replay through the HTTP API comes from JetStream.
+    let replayed: Vec<_> = http
+        .subscribe(
+            SubscribeSpec::broadcast("app.shared")
+                .replay(true)
+                .follow(false),
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(replayed.len(), 1, "alice's own event only");
+}
+
+#[actix_rt::test]
+async fn the_stack_as_processes_on_nats_and_readiness_across_a_restart() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let mut router = bus();
+    router.args([
+        "integration",
+        "containers",
+        "--events-url",
+        &url,
+        "--addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]);
+    let router = Process::spawn(router);
+    let mut worker = bus();
+    worker
+        .args([
+            "integration",
+            "docker",
+            "--provider",
+            "static",
+            "--event-prefix",
+            "bus.docker",
+            "--worker-id",
+            "nats-w1",
+        ])
+        .args([
+            "--events-url",
+            &url,
+            "--addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]);
+    let _worker = Process::spawn(worker);
+    let data = tempfile::tempdir().unwrap();
+    let mut api = bus();
+    api.args([
+        "api-provider",
+        "containers",
+        "--backend",
+        "events",
+        "--events-url",
+        &url,
+        "--addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--workers",
+        "1",
+    ])
+    .arg("--data-dir")
+    .arg(data.path())
+    .env("BUS_API_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
+    let api = Process::spawn(api);
+    let t = token("alice", ALL);
+    let mut result = json!(null);
+    for _ in 0..50 {
+        let (s, _, r) = crate::support::api::call(
+            "POST",
+            &format!("{}/api/v1/containers/runs", api.url()),
+            Some(&t),
+            Some(r#"{"profile":"codex","args":["printf","OK"]}"#),
+        )
+        .await;
+        result = r;
+        if s == 200 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(result["stdout"], "static: printf OK", "{result}");
+    assert_eq!(result["worker_id"], "nats-w1");
+    // NATS goes away: readiness drops; it comes back: readiness recovers.
+    let ready = |p: &Process| {
+        let url = format!("{}/readyz", p.url());
+        async move { get(&url, None).await.0 }
+    };
+    assert_eq!(ready(&router).await, 200);
+    nats.stop();
+    let mut dropped = false;
+    for _ in 0..100 {
+        if ready(&router).await == 503 {
+            dropped = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "the router's readiness drops without NATS");
+    nats.restart();
+    let mut back = false;
+    for _ in 0..150 {
+        if ready(&router).await == 200 {
+            back = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the router reconnects");
+    let mut after = json!(null);
+    for _ in 0..50 {
+        let (s, _, r) = crate::support::api::call(
+            "POST",
+            &format!("{}/api/v1/containers/runs", api.url()),
+            Some(&t),
+            Some(r#"{"profile":"codex","args":["printf","again"]}"#),
+        )
+        .await;
+        after = r;
+        if s == 200 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(after["stdout"], "static: printf again", "{after}");
+}
