@@ -167,6 +167,16 @@ async fn wait(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
     }
 }
 
+/// The log lines of a finished run: its output, then its exit line.
+fn finished_lines(result: &Value) -> Vec<bytes::Bytes> {
+    let mut out: Vec<bytes::Bytes> = chunks_of_result(result)
+        .iter()
+        .map(|c| line(&serde_json::to_value(c).unwrap_or_default()))
+        .collect();
+    out.push(line(&exit_line(result)));
+    out
+}
+
 async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_READ)?;
     let q = query_map(&req)?;
@@ -228,23 +238,13 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
                     }
                 }
             })
-            .flat_map(|result| {
-                let mut out: Vec<bytes::Bytes> = chunks_of_result(&result)
-                    .iter()
-                    .map(|c| line(&serde_json::to_value(c).unwrap_or_default()))
-                    .collect();
-                out.push(line(&exit_line(&result)));
-                futures::stream::iter(out)
-            })
+            .flat_map(|result| futures::stream::iter(finished_lines(&result)))
             .boxed_local()
         }
         (None, RunState::Running) => futures::stream::empty().boxed_local(),
         (None, _) => {
             let result = record.result.clone().unwrap_or(Value::Null);
-            let mut out: Vec<bytes::Bytes> =
-                chunks_of_result(&result).iter().map(chunk_line).collect();
-            out.push(line(&exit_line(&result)));
-            futures::stream::iter(out).boxed_local()
+            futures::stream::iter(finished_lines(&result)).boxed_local()
         }
     };
     Ok(HttpResponse::Ok()

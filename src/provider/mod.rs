@@ -283,20 +283,26 @@ impl Provider {
         (RunState::Lost, json!({ "error": e }))
     }
 
+    /// The worker of a run: as `run.started` told this instance, else as
+    /// the ledger has it.
+    async fn worker_of(&self, record: &RunRecord) -> Option<String> {
+        match self
+            .live
+            .send(live_runs::WorkerOf(record.run_id.clone()))
+            .await
+            .ok()
+            .flatten()
+        {
+            Some(w) => w,
+            None => record.worker_id.clone(),
+        }
+    }
+
     /// `DELETE /runs/{id}`.
     pub async fn delete(&self, run_id: &str, owner: &str) -> Result<Value, ApiError> {
         let record = self.owned(run_id, owner).await?;
         if record.state == RunState::Running {
-            let worker = match self
-                .live
-                .send(live_runs::WorkerOf(run_id.to_owned()))
-                .await
-                .ok()
-                .flatten()
-            {
-                Some(w) => w,
-                None => record.worker_id.clone(),
-            };
+            let worker = self.worker_of(&record).await;
             let mut cancel = json!({"run_id": run_id, "owner_account_id": owner});
             if let Some(w) = &worker {
                 cancel["worker_id"] = json!(w);
@@ -336,16 +342,7 @@ impl Provider {
                 format!("run {run_id} has ended ({})", record.state),
             ));
         }
-        let worker = match self
-            .live
-            .send(live_runs::WorkerOf(run_id.to_owned()))
-            .await
-            .ok()
-            .flatten()
-        {
-            Some(w) => w,
-            None => record.worker_id.clone(),
-        };
+        let worker = self.worker_of(&record).await;
         let Some(worker) = worker else {
             return Err(
                 ApiError::unavailable(format!("run {run_id} has not started yet"))

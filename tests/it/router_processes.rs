@@ -11,22 +11,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn events_server() -> Process {
-    let mut cmd = bus();
-    cmd.args([
-        "api-provider",
-        "events",
-        "--addr",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-        "--workers",
-        "1",
-    ])
-    .env("BUS_API_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
-    Process::spawn(cmd)
-}
-
 fn router(events: &Process, provider: &str) -> Process {
     let mut cmd = bus();
     cmd.args([
@@ -96,7 +80,7 @@ fn api(events: &Process) -> Requester {
 
 #[actix_rt::test]
 async fn routing_through_the_events_api_as_separate_processes() {
-    let events = events_server();
+    let events = events_process();
     let _r1 = router(&events, "events");
     let _r2 = router(&events, "events");
     let (_worker, log) = MockWorker::start(client(&events, "worker"), "w1", "bus.docker").await;
@@ -137,7 +121,7 @@ async fn routing_through_the_events_api_as_separate_processes() {
 
 #[actix_rt::test]
 async fn a_static_router_process_answers_by_itself() {
-    let events = events_server();
+    let events = events_process();
     let _r = router(&events, "static");
     let api = api(&events);
     let run = ask(

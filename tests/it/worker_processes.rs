@@ -15,22 +15,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn events_server() -> Process {
-    let mut cmd = bus();
-    cmd.args([
-        "api-provider",
-        "events",
-        "--addr",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-        "--workers",
-        "1",
-    ])
-    .env("BUS_API_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
-    Process::spawn(cmd)
-}
-
 fn config_file(dir: &tempfile::TempDir) -> String {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, format!("[worker]\nallowed_images = [\"bus-busybox:*\"]\n[profiles.codex]\nimage = \"{IMAGE}\"\n")).unwrap();
@@ -101,7 +85,7 @@ async fn a_worker_killed_mid_run_is_cleaned_up_when_it_comes_back() {
     let Some(docker) = engine().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(&dir);
-    let events = events_server();
+    let events = events_process();
     let worker_id = format!("reap-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let first = worker(&events, &worker_id, Some("bus.docker"), &config);
     let b = broker(&events);
@@ -156,7 +140,7 @@ async fn standalone_worker_and_the_full_routed_path() {
     let config = config_file(&dir);
 
     // Standalone: no prefix, the worker serves bus.containers.* itself.
-    let events = events_server();
+    let events = events_process();
     let standalone_id = format!("solo-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let solo = worker(&events, &standalone_id, None, &config);
     let api1 = api(&broker(&events));
@@ -176,7 +160,7 @@ async fn standalone_worker_and_the_full_routed_path() {
     drop(events);
 
     // Routed: events API, a router and a worker on bus.docker, all processes.
-    let events = events_server();
+    let events = events_process();
     let mut router = bus();
     router
         .args([

@@ -18,6 +18,25 @@ pub struct ApiFailure {
 }
 
 impl ApiFailure {
+    /// A non-2xx answer: its status and `{"error":{...}}` body.
+    fn from_answer(status: u16, bytes: &[u8]) -> Self {
+        let body: Option<ErrorBody> = serde_json::from_slice(bytes).ok();
+        let message = match &body {
+            Some(b) => format!(
+                "{} ({}): {}",
+                describe(status),
+                b.error.kind,
+                b.error.message
+            ),
+            None => format!("{} (HTTP {status})", describe(status)),
+        };
+        ApiFailure {
+            status,
+            body,
+            message,
+        }
+    }
+
     /// The CLI failure: the message, with the server's guidance under it.
     pub fn into_failure(self, code: u8) -> Failure {
         let mut text = self.message;
@@ -106,21 +125,7 @@ impl Client {
             let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Ok((status, v));
         }
-        let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
-        let message = match &body {
-            Some(b) => format!(
-                "{} ({}): {}",
-                describe(status),
-                b.error.kind,
-                b.error.message
-            ),
-            None => format!("{} (HTTP {status})", describe(status)),
-        };
-        Err(ApiFailure {
-            status,
-            body,
-            message,
-        })
+        Err(ApiFailure::from_answer(status, &bytes))
     }
 
     /// A streaming GET (logs); the response body is read by the caller.
@@ -148,21 +153,7 @@ impl Client {
         let status = resp.status().as_u16();
         if status != 200 {
             let bytes = resp.body().limit(1 << 20).await.unwrap_or_default();
-            let body: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
-            let message = match &body {
-                Some(b) => format!(
-                    "{} ({}): {}",
-                    describe(status),
-                    b.error.kind,
-                    b.error.message
-                ),
-                None => format!("{} (HTTP {status})", describe(status)),
-            };
-            return Err(ApiFailure {
-                status,
-                body,
-                message,
-            });
+            return Err(ApiFailure::from_answer(status, &bytes));
         }
         Ok(resp)
     }

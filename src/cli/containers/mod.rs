@@ -329,35 +329,22 @@ async fn dispatch(
             Ok(if follow { code } else { 0 })
         }
         ContainersCommand::Wait { run_id } => {
-            let poll = client
-                .timeout()
-                .saturating_sub(Duration::from_secs(2))
-                .clamp(Duration::from_secs(1), Duration::from_secs(25));
-            loop {
-                let path = format!(
-                    "/api/v1/containers/runs/{run_id}/wait?timeout={}s",
-                    poll.as_secs()
-                );
-                let (status, v) = client
-                    .json("GET", &path, None)
-                    .await
-                    .map_err(|e| e.into_failure(EXIT_PLATFORM))?;
-                if status == 200 {
-                    match out.format {
-                        Format::Json => out.json(&v)?,
-                        Format::Text => {
-                            out.raw(v["stdout"].as_str().unwrap_or("").as_bytes())?;
-                            eprint!("{}", v["stderr"].as_str().unwrap_or(""));
-                        }
-                        Format::Tsv => {
-                            let cols = ["run_id", "state", "exit_code", "duration_ms"];
-                            let row: Vec<String> = cols.iter().map(|c| cell(&v[*c])).collect();
-                            out.table(&cols, &[row])?;
-                        }
-                    }
-                    return Ok(exit_code_of(&v));
+            let v = run::poll_result(&client, &run_id)
+                .await
+                .map_err(|e| e.into_failure(EXIT_PLATFORM))?;
+            match out.format {
+                Format::Json => out.json(&v)?,
+                Format::Text => {
+                    out.raw(v["stdout"].as_str().unwrap_or("").as_bytes())?;
+                    eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+                }
+                Format::Tsv => {
+                    let cols = ["run_id", "state", "exit_code", "duration_ms"];
+                    let row: Vec<String> = cols.iter().map(|c| cell(&v[*c])).collect();
+                    out.table(&cols, &[row])?;
                 }
             }
+            Ok(exit_code_of(&v))
         }
     }
 }

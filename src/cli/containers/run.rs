@@ -104,8 +104,9 @@ fn spinner(quiet: bool, run_id: &str) -> ProgressBar {
     pb
 }
 
-/// Waits for the result by long-polling `/wait`.
-async fn wait_result(client: &Client, run_id: &str) -> Result<Value, ApiFailure> {
+/// Waits for the result by long-polling `/wait`, each poll well inside
+/// the HTTP timeout.
+pub(super) async fn poll_result(client: &Client, run_id: &str) -> Result<Value, ApiFailure> {
     let poll = client
         .timeout()
         .saturating_sub(Duration::from_secs(2))
@@ -118,12 +119,17 @@ async fn wait_result(client: &Client, run_id: &str) -> Result<Value, ApiFailure>
         match client.json("GET", &path, None).await {
             Ok((200, v)) => return Ok(v),
             Ok(_) => continue,
-            // Deleted while we waited (our own Ctrl-C): it was cancelled.
-            Err(e) if e.status == 404 => {
-                return Ok(json!({"run_id": run_id, "state": "cancelled"}))
-            }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The result of our own foreground run.
+async fn wait_result(client: &Client, run_id: &str) -> Result<Value, ApiFailure> {
+    match poll_result(client, run_id).await {
+        // Deleted while we waited (our own Ctrl-C): it was cancelled.
+        Err(e) if e.status == 404 => Ok(json!({"run_id": run_id, "state": "cancelled"})),
+        other => other,
     }
 }
 

@@ -313,3 +313,20 @@ pub fn requester(
         ReplyMetrics::register(&Metrics::new(), "test"),
     )
 }
+
+/// `bus api-provider events` as a process on a free port, with the test secret.
+pub fn events_process() -> Process {
+    let mut cmd = bus();
+    cmd.args([
+        "api-provider",
+        "events",
+        "--addr",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--workers",
+        "1",
+    ])
+    .env("BUS_API_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
+    Process::spawn(cmd)
+}
