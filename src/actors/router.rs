@@ -306,10 +306,12 @@ fn err(kind: ErrorType, message: impl Into<String>) -> Value {
 
 impl Forward {
     async fn run(mut self) -> Value {
-        if self.live.is_empty() {
+        let mut any_worker = !self.live.is_empty();
+        if !any_worker {
             if let Some((left, mut known)) = self.discovery.take() {
                 // Just started: give workers one heartbeat to make themselves known.
                 let _ = actix_rt::time::timeout(left, known.wait_for(|n| *n > 0)).await;
+                any_worker = *known.borrow() > 0;
             }
         }
         let name = self.kind.request(&self.prefix);
@@ -321,6 +323,17 @@ impl Forward {
             .to_owned();
         match self.kind.addressing() {
             Addressing::One => {
+                if !any_worker {
+                    // Nobody would take it: a run on this bus is not queued.
+                    return err(
+                        ErrorType::Unavailable,
+                        format!(
+                            "no live worker on {} (no heartbeat for {}s)",
+                            self.prefix,
+                            WORKER_TTL.as_secs()
+                        ),
+                    );
+                }
                 let request = Request::new(&name, self.payload.clone(), self.deadline);
                 match self.requester.request(request).await {
                     Err(e) => error_payload(&e),

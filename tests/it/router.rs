@@ -492,6 +492,28 @@ async fn routers_sharing_the_group_forward_each_request_once() {
 }
 
 #[actix_rt::test]
+async fn a_run_with_no_live_worker_is_unavailable_at_once() {
+    let (broker, _) = memory_broker();
+    let (_router, _) =
+        start_router(&broker, &|c| c.discovery_wait = Duration::from_millis(200)).await;
+    let api = requester(&broker, "api", true);
+    let t0 = std::time::Instant::now();
+    let reply = ask(
+        &api,
+        Kind::Run,
+        json!({"run_id": "r", "owner_account_id": "a"}),
+        SECS,
+    )
+    .await;
+    assert_eq!(error_type(&reply), "unavailable", "{reply}");
+    assert!(reply["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no live worker"));
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
+
+#[actix_rt::test]
 async fn the_static_provider_answers_every_kind() {
     let (broker, _) = memory_broker();
     let config = RouterConfig::new(RouterBackend::Static);
