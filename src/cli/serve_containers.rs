@@ -115,11 +115,22 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local").join("share").join("bus")
 }
 
-fn open_store(args: &ContainersServerArgs) -> Result<SharedStore, Failure> {
+/// Opens the run ledger: a SQLite file, or a JetStream KV bucket for
+/// `--store nats://host:4222` (shared by several providers).
+async fn open_store(args: &ContainersServerArgs) -> Result<SharedStore, Failure> {
+    if let Some(url) = args
+        .store
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.starts_with("nats://"))
+    {
+        let store = crate::store::kv::KvStore::open(&url, crate::store::kv::BUCKET)
+            .await
+            .map_err(|e| Failure::error(e.to_string()))?;
+        tracing::info!(bucket = crate::store::kv::BUCKET, "run ledger on NATS KV");
+        return Ok(Arc::new(store));
+    }
     let path = match &args.store {
-        Some(p) if p.to_string_lossy().starts_with("nats://") => return Err(Failure::usage(
-            "a nats:// run ledger needs the NATS backend, which this build does not include yet",
-        )),
         Some(p) => p.clone(),
         None => args
             .data_dir
@@ -294,7 +305,6 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
             "--request-timeout and --heartbeat must be greater than zero",
         ));
     }
-    let store = open_store(&args)?;
     let needs_bus = args.backend == ApiBackend::Events
         || args.usage_backend == UsageBackend::Events
         || args.billing_backend == BillingBackend::Events;
@@ -328,6 +338,7 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
         }),
     };
     actix_rt::System::new().block_on(async move {
+        let store = open_store(&args).await?;
         let bus = match bus {
             Some(b) => Some((b.open().await?, b.identity.clone())),
             None => None,

@@ -2,6 +2,7 @@
 //! request is published and completed after. `RunStore` is the seam; the
 //! embedded default is a SQLite file ([`sqlite::SqliteStore`]).
 
+pub mod kv;
 pub mod sqlite;
 
 use crate::containers::state::RunState;

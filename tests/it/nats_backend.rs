@@ -237,3 +237,131 @@ async fn the_stack_as_processes_on_nats_and_readiness_across_a_restart() {
     }
     assert_eq!(after["stdout"], "static: printf again", "{after}");
 }
+
+#[actix_rt::test]
+async fn two_providers_share_one_ledger_on_nats_kv() {
+    use crate::support::api::{call, options, Api};
+    use bus_containers::store::kv::KvStore;
+    use bus_containers::store::{RunRecord, RunStore};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let open = || KvStore::open(&url, "test_runs");
+    let a = Api::start(
+        {
+            let mut o = options();
+            o.instance_id = "a".into();
+            o
+        },
+        Arc::new(open().await.unwrap()),
+        None,
+    )
+    .await;
+    let b = Api::start(
+        {
+            let mut o = options();
+            o.instance_id = "b".into();
+            o
+        },
+        Arc::new(open().await.unwrap()),
+        None,
+    )
+    .await;
+    let t = token("alice", ALL);
+    let (s, _, run) = call(
+        "POST",
+        &a.at("/api/v1/containers/runs"),
+        Some(&t),
+        Some(r#"{"profile":"codex","args":["printf","OK"]}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{run}");
+    let id = run["run_id"].as_str().unwrap().to_owned();
+    let (_, _, listed) = call("GET", &b.at("/api/v1/containers/runs"), Some(&t), None).await;
+    assert_eq!(
+        listed["items"][0]["run_id"],
+        id.as_str(),
+        "B lists A's run: {listed}"
+    );
+    let (_, _, other) = call(
+        "GET",
+        &b.at("/api/v1/containers/runs"),
+        Some(&token("bob", ALL)),
+        None,
+    )
+    .await;
+    assert_eq!(other["items"], json!([]));
+    let (s, _, _) = call(
+        "DELETE",
+        &b.at(&format!("/api/v1/containers/runs/{id}")),
+        Some(&t),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = call(
+        "GET",
+        &a.at(&format!("/api/v1/containers/runs/{id}")),
+        Some(&t),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "deleted through B, gone for A");
+
+    // The store itself: compare-and-set completion, no resurrection, lost
+    // marking only for one instance.
+    let store = open().await.unwrap();
+    let record = |id: &str, instance: &str| RunRecord {
+        run_id: id.into(),
+        owner_account_id: "o".into(),
+        state: bus_containers::containers::state::RunState::Running,
+        instance_id: instance.into(),
+        worker_id: None,
+        profile: None,
+        image: None,
+        args: vec![],
+        created_at: bus_containers::contract::now_rfc3339(),
+        finished_at: None,
+        result: None,
+    };
+    store.insert(record("run_x1", "a")).await.unwrap();
+    store.insert(record("run_x2", "b")).await.unwrap();
+    assert!(
+        store.insert(record("run_x1", "a")).await.is_err(),
+        "no duplicate run ids"
+    );
+    use bus_containers::containers::state::RunState;
+    assert!(store
+        .complete("run_x1", RunState::Succeeded, json!({"worker_id": "w"}))
+        .await
+        .unwrap());
+    assert!(!store
+        .complete("run_x1", RunState::Failed, json!({}))
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .get("run_x1")
+            .await
+            .unwrap()
+            .unwrap()
+            .worker_id
+            .as_deref(),
+        Some("w")
+    );
+    assert_eq!(store.mark_lost("b").await.unwrap(), 1);
+    assert_eq!(
+        store.get("run_x2").await.unwrap().unwrap().state,
+        RunState::Lost
+    );
+    assert!(store.delete("run_x1").await.unwrap());
+    assert!(
+        !store
+            .complete("run_x1", RunState::Succeeded, json!({}))
+            .await
+            .unwrap(),
+        "no resurrection"
+    );
+    assert!(store.get("run_x1").await.unwrap().is_none());
+}
