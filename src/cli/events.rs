@@ -98,11 +98,9 @@ pub fn run(cmd: EventsCommand) -> Result<(), Failure> {
                 let id = broker
                     .publish(Envelope::stamp(publication, "", false))
                     .await?;
-                println!(
-                    "{}",
-                    serde_json::json!({"accepted": true, "id": id, "name": name})
-                );
-                Ok(())
+                super::print_line(
+                    &serde_json::json!({"accepted": true, "id": id, "name": name}).to_string(),
+                )
             })
         }
         EventsCommand::Listen {

@@ -141,6 +141,15 @@ pub fn expand_argv0(args: Vec<OsString>) -> Vec<OsString> {
     words
 }
 
+/// Prints one line on stdout; a closed pipe is an error, not a panic.
+pub fn print_line(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|_| out.flush())
+        .map_err(|e| Failure::error(format!("writing to stdout: {e}")))
+}
+
 /// Refuses a literal token given on the command line.
 pub fn refuse_literal_token(given: &Option<String>) -> Result<(), Failure> {
     if given.is_some() {

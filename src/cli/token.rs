@@ -99,10 +99,9 @@ pub fn run(args: TokenArgs) -> Result<(), Failure> {
     };
     let (token, exp) = issue_token(&secret(&issue)?, &request).map_err(Failure::error)?;
     match args.format {
-        TokenFormat::Token => println!("{token}"),
-        TokenFormat::Json => println!(
-            "{}",
-            serde_json::json!({
+        TokenFormat::Token => super::print_line(&token),
+        TokenFormat::Json => super::print_line(
+            &serde_json::json!({
                 "token": token,
                 "token_type": "Bearer",
                 "subject": request.subject,
@@ -110,7 +109,7 @@ pub fn run(args: TokenArgs) -> Result<(), Failure> {
                 "scope": scopes.join(" "),
                 "expires_at": exp,
             })
+            .to_string(),
         ),
     }
-    Ok(())
 }

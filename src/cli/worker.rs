@@ -253,7 +253,7 @@ fn self_test(
                 ))
             })?;
     }
-    println!("bus-integration-{name} self-test OK");
+    super::print_line(&format!("bus-integration-{name} self-test OK"))?;
     Ok(())
 }
 
