@@ -298,7 +298,7 @@ async fn spinner_on_a_terminal_only_and_ctrl_c_cancels() {
     let child = c.spawn().unwrap();
     let pid = child.id();
     let fake = api.fake.clone().unwrap();
-    for _ in 0..100 {
+    for _ in 0..500 {
         if !fake.live().is_empty() {
             break;
         }

@@ -101,7 +101,24 @@ fn token_from_the_cli_is_accepted_and_event_commands_work_verbatim() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let listener = listen.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Wait until the listener's stream is open on the server.
+    let metrics_url = format!("{}/metrics", srv.url());
+    let mut open = false;
+    for _ in 0..200 {
+        let m = Command::new("curl")
+            .args(["-s", &metrics_url])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&m.stdout)
+            .lines()
+            .any(|l| l.starts_with("bus_events_open_streams") && !l.ends_with(" 0"))
+        {
+            open = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(open, "the listener subscribed");
 
     let mut send = bus();
     client(&mut send, &srv, &tok);
@@ -121,7 +138,13 @@ fn token_from_the_cli_is_accepted_and_event_commands_work_verbatim() {
     assert_eq!(accepted["accepted"], true);
     assert_eq!(accepted["name"], "app.cli");
 
-    let out = listener.wait_with_output().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(listener.wait_with_output().unwrap());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the listener got the event and exited");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let env: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
     assert_eq!(env["payload"], serde_json::json!({"hello": "world"}));

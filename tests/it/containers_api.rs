@@ -358,7 +358,7 @@ async fn delete_cancels_and_nothing_comes_back() {
 async fn concurrency_limit_and_missed_deadline() {
     let api = Api::with_fake_worker(|o| {
         o.max_concurrent_runs = 1;
-        o.request_timeout = Duration::from_secs(1);
+        o.request_timeout = Duration::from_secs(3);
     })
     .await;
     let t = token("alice", ALL);
@@ -375,7 +375,14 @@ async fn concurrency_limit_and_missed_deadline() {
             .await
         })
     };
-    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let fake = api.fake.clone().unwrap();
+    for _ in 0..500 {
+        if fake.live().len() == 1 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.live().len(), 1, "the first run holds the slot");
     let (s, retry, b) = call(
         "POST",
         &runs,
@@ -407,8 +414,7 @@ async fn concurrency_limit_and_missed_deadline() {
     );
     let (_, _, list) = call("GET", &runs, Some(&t), None).await;
     assert_eq!(list["items"][0]["state"], "lost", "{list}");
-    let fake = api.fake.clone().unwrap();
-    for _ in 0..100 {
+    for _ in 0..250 {
         if fake.live().is_empty() {
             break;
         }

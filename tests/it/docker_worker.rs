@@ -60,7 +60,7 @@ async fn a_timeout_kills_within_a_second_and_leaves_nothing() {
         (1000..2000).contains(&ms),
         "killed within 1 s of the deadline: {ms} ms"
     );
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
     assert!(f.containers().await.is_empty(), "the container is gone");
     f.finish().await;
 }

@@ -693,9 +693,16 @@ async fn a_slow_consumer_is_cut_off_and_does_not_stall_others() {
         .await
         .unwrap();
     // Give the stuck stream time to be registered.
-    while srv.metric("bus_events_open_streams") < 2 {
+    for _ in 0..500 {
+        if srv.metric("bus_events_open_streams") >= 2 {
+            break;
+        }
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        srv.metric("bus_events_open_streams") >= 2,
+        "both streams open"
+    );
     const N: usize = 1500;
     let blob = "x".repeat(16 * 1024);
     let reader = actix_rt::spawn(async move {

@@ -155,7 +155,7 @@ async fn the_stack_as_processes_on_nats_and_readiness_across_a_restart() {
             "--log-format",
             "json",
         ]);
-    let _worker = Process::spawn(worker);
+    let worker = Process::spawn(worker);
     let data = tempfile::tempdir().unwrap();
     let mut api = bus();
     api.args([
@@ -211,15 +211,17 @@ async fn the_stack_as_processes_on_nats_and_readiness_across_a_restart() {
     }
     assert!(dropped, "the router's readiness drops without NATS");
     nats.restart();
-    let mut back = false;
-    for _ in 0..150 {
-        if ready(&router).await == 200 {
-            back = true;
-            break;
+    for (what, p) in [("router", &router), ("worker", &worker), ("api", &api)] {
+        let mut back = false;
+        for _ in 0..300 {
+            if ready(p).await == 200 {
+                back = true;
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
         }
-        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        assert!(back, "the {what} reconnects");
     }
-    assert!(back, "the router reconnects");
     let mut after = json!(null);
     for _ in 0..50 {
         let (s, _, r) = crate::support::api::call(

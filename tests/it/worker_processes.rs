@@ -182,6 +182,17 @@ async fn standalone_worker_and_the_full_routed_path() {
     let _w = worker(&events, &worker_id, Some("bus.docker"), &config);
     let b = broker(&events);
     let api2 = api(&b);
+    // The router knows the worker (its first heartbeat arrived).
+    let mut known = false;
+    for _ in 0..80 {
+        let status = ask(&api2, "bus.containers.runner.status.request", json!({}), 10).await;
+        if status["status"]["details"]["workers"][&worker_id].is_object() {
+            known = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(known, "the router learned of the worker");
     let mut output = b
         .subscribe(SubscribeSpec::broadcast("bus.containers.run.output"))
         .await

@@ -246,6 +246,10 @@ fn print_result(out: &mut Out, result: &Value) -> Result<(), Failure> {
 /// Runs `args`; returns the exit code.
 pub async fn run(client: Client, out: &mut Out, args: RunArgs) -> Result<u8, Failure> {
     let body = args.body()?;
+    // Take SIGINT from the start, so a Ctrl-C as the run begins cancels it
+    // rather than killing this process with the run left going.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Failure::error(format!("cannot watch for Ctrl-C: {e}")))?;
     let (_, accepted) = client
         .json("POST", "/api/v1/containers/runs", Some(&body))
         .await
@@ -289,7 +293,7 @@ pub async fn run(client: Client, out: &mut Out, args: RunArgs) -> Result<u8, Fai
         loop {
             tokio::select! {
                 r = &mut waiting => break Some(r),
-                _ = tokio::signal::ctrl_c() => {
+                _ = sigint.recv() => {
                     interrupts += 1;
                     if interrupts >= 2 {
                         break None;
