@@ -180,39 +180,9 @@ pub struct Profile {
     pub forward_env: Vec<String>,
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Overrides of `[defaults]` (any of its keys).
     #[serde(flatten)]
-    pub sandbox: ProfileSandbox,
-}
-
-/// A profile's sandbox overrides (kept apart so `deny_unknown_fields`
-/// still catches typos in the profile table).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct ProfileSandbox {
-    pub memory_mb: Option<u64>,
-    pub cpus: Option<f64>,
-    pub pids_limit: Option<i64>,
-    pub network: Option<String>,
-    pub read_only_root: Option<bool>,
-    pub tmpfs_size_mb: Option<u64>,
-    pub user: Option<String>,
-    pub drop_capabilities: Option<bool>,
-    pub no_new_privileges: Option<bool>,
-}
-
-impl From<&ProfileSandbox> for SandboxSettings {
-    fn from(p: &ProfileSandbox) -> Self {
-        SandboxSettings {
-            memory_mb: p.memory_mb,
-            cpus: p.cpus,
-            pids_limit: p.pids_limit,
-            network: p.network.clone(),
-            read_only_root: p.read_only_root,
-            tmpfs_size_mb: p.tmpfs_size_mb,
-            user: p.user.clone(),
-            drop_capabilities: p.drop_capabilities,
-            no_new_privileges: p.no_new_privileges,
-        }
-    }
+    pub sandbox: SandboxSettings,
 }
 
 /// The image `bus dev` and the default codex profile use: built offline by
@@ -303,7 +273,7 @@ mod tests {
         )
         .unwrap();
         let p = &c.profiles["codex"];
-        let s = c.defaults.overlay(&(&p.sandbox).into());
+        let s = c.defaults.overlay(&p.sandbox);
         assert_eq!(s.limits().memory_bytes, Some(128 << 20));
         assert_eq!(s.network(), "bridge");
         assert!(p.mounts[0].read_only);

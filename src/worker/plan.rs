@@ -120,7 +120,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
                 Some(name.clone()),
                 Some(p),
                 image,
-                config.defaults.overlay(&(&p.sandbox).into()),
+                config.defaults.overlay(&p.sandbox),
             )
         }
         (None, Some(image)) => {
