@@ -6,9 +6,8 @@ use crate::support::api::*;
 use crate::support::{within, SECRET};
 use bus_containers::actors::subscription::{Delivered, Subscription};
 use bus_containers::broker::SubscribeSpec;
-use bus_containers::cli::serve_containers::{BillingBackend, UsageBackend};
+use bus_containers::cli::serve_containers::{BillingBackend, ContainersOptions, UsageBackend};
 use bus_containers::contract::Publication;
-use bus_containers::request::BusIdentity;
 use bus_containers::store::sqlite::SqliteStore;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -626,11 +625,9 @@ async fn the_ledger_survives_a_restart_and_marks_only_its_own_runs_lost() {
     // An events backend with nobody answering: the run stays running.
     let (broker, _) = crate::support::memory_broker();
     let first = Api::start(
-        {
-            let mut o = options();
-            o.backend = bus_containers::cli::serve_containers::ApiBackend::Events;
-            o.instance_id = "one".into();
-            o
+        ContainersOptions {
+            backend: bus_containers::cli::serve_containers::ApiBackend::Events,
+            ..instance("one")
         },
         Arc::new(SqliteStore::open(&path).unwrap()),
         Some(broker),
@@ -650,11 +647,7 @@ async fn the_ledger_survives_a_restart_and_marks_only_its_own_runs_lost() {
 
     // Another instance on the same ledger leaves it alone...
     let other = Api::start(
-        {
-            let mut o = options();
-            o.instance_id = "two".into();
-            o
-        },
+        instance("two"),
         Arc::new(SqliteStore::open(&path).unwrap()),
         None,
     )
@@ -670,11 +663,7 @@ async fn the_ledger_survives_a_restart_and_marks_only_its_own_runs_lost() {
     other.handle.stop(false).await;
     // ...the same instance, restarted, records it lost.
     let again = Api::start(
-        {
-            let mut o = options();
-            o.instance_id = "one".into();
-            o
-        },
+        instance("one"),
         Arc::new(SqliteStore::open(&path).unwrap()),
         None,
     )
@@ -695,5 +684,4 @@ async fn the_ledger_survives_a_restart_and_marks_only_its_own_runs_lost() {
     )
     .await;
     assert_eq!((s, r["error"]["type"].as_str()), (503, Some("unavailable")));
-    let _ = BusIdentity::service("x");
 }

@@ -242,7 +242,7 @@ async fn the_stack_as_processes_on_nats_and_readiness_across_a_restart() {
 
 #[actix_rt::test]
 async fn two_providers_share_one_ledger_on_nats_kv() {
-    use crate::support::api::{call, options, Api};
+    use crate::support::api::{call, instance, Api};
     use bus_containers::store::kv::KvStore;
     use bus_containers::store::{RunRecord, RunStore};
     let Some(nats) = NatsServer::start() else {
@@ -250,26 +250,8 @@ async fn two_providers_share_one_ledger_on_nats_kv() {
     };
     let url = nats.url();
     let open = || KvStore::open(&url, "test_runs");
-    let a = Api::start(
-        {
-            let mut o = options();
-            o.instance_id = "a".into();
-            o
-        },
-        Arc::new(open().await.unwrap()),
-        None,
-    )
-    .await;
-    let b = Api::start(
-        {
-            let mut o = options();
-            o.instance_id = "b".into();
-            o
-        },
-        Arc::new(open().await.unwrap()),
-        None,
-    )
-    .await;
+    let a = Api::start(instance("a"), Arc::new(open().await.unwrap()), None).await;
+    let b = Api::start(instance("b"), Arc::new(open().await.unwrap()), None).await;
     let t = token("alice", ALL);
     let (s, _, run) = call(
         "POST",

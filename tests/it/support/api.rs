@@ -60,6 +60,14 @@ pub fn options() -> ContainersOptions {
     }
 }
 
+/// The default options for a provider instance named `id`.
+pub fn instance(id: &str) -> ContainersOptions {
+    ContainersOptions {
+        instance_id: id.into(),
+        ..options()
+    }
+}
+
 pub struct Api {
     pub url: String,
     pub store: SharedStore,
