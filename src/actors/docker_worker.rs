@@ -4,17 +4,29 @@
 //! only for runs it holds; status and runner requests answered for the
 //! router's gather — runs each request in a `ContainerSession`, publishes
 //! heartbeats, and applies the effective-owner rule to every request.
+//!
+//! On a durable work queue (NATS with JetStream) a run request comes with
+//! an acknowledgement: the worker claims it (compare-and-set) before the
+//! run starts, keeps the claim and the delivery alive while it runs, and
+//! acknowledges it once the reply is out. A redelivered request whose
+//! claim belongs to a worker that is gone (or to this worker before a
+//! restart) is answered `lost`, never run again; one it cannot take now
+//! (stopping, at capacity, no engine) goes back to the queue.
 
 use super::runner::{self, ListLive, Runner, RunnerConfig, RunnerState};
 use super::session::{Cancel, ContainerSession, SessionContext, SessionNote, WriteInput};
 use super::subscription::{self, Delivered, Subscription};
-use crate::broker::{BrokerError, Event, SharedBroker, SubscribeSpec};
+use crate::broker::{
+    claim_key, Ack, BrokerError, Claim, ClaimRecord, Event, SharedBroker, SubscribeSpec,
+};
 use crate::containers::owner::effective_owner;
-use crate::containers::{error_payload, static_provider, Kind, HEARTBEAT_EVERY, WORKER_GROUP};
+use crate::containers::{
+    error_payload, static_provider, Kind, HEARTBEAT_EVERY, RUN_GRACE, WORKER_GROUP,
+};
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
 use crate::request::Requester;
 use crate::runtime::SharedRuntime;
-use crate::worker::plan::{plan_run, RunRequest, WorkerSettings};
+use crate::worker::plan::{plan_run, RunPlan, RunRequest, WorkerSettings};
 use actix::prelude::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -66,6 +78,25 @@ struct Live {
     correlation_id: Option<String>,
     started_at: String,
     container_id: Option<String>,
+    task: Option<Task>,
+}
+
+/// A durable run request this worker has claimed.
+struct Task {
+    ack: Arc<dyn Ack>,
+    key: String,
+    claim: ClaimRecord,
+}
+
+fn settle(
+    what: &'static str,
+    fut: futures::future::LocalBoxFuture<'static, Result<(), BrokerError>>,
+) {
+    actix_rt::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::warn!(error = %e, "could not {what}");
+        }
+    });
 }
 
 /// The worker actor.
@@ -74,6 +105,10 @@ pub struct DockerWorker {
     engine: Engine,
     publisher: Requester,
     sessions: HashMap<String, Live>,
+    /// Durable requests being claimed (they count against capacity).
+    claiming: usize,
+    /// The ack wait of durable run requests, when they are.
+    durable: Option<Duration>,
     runner: Option<Addr<Runner>>,
     runner_state: Option<watch::Receiver<RunnerState>>,
     engine_version: Option<String>,
@@ -108,11 +143,14 @@ impl DockerWorker {
     ) -> Result<Addr<DockerWorker>, BrokerError> {
         let prefix = config.prefix.clone();
         let worker_id = config.worker_id().to_owned();
+        let durable = broker.durable(&Kind::Run.request(&prefix));
         let addr = DockerWorker {
             config,
             engine,
             publisher,
             sessions: HashMap::new(),
+            claiming: 0,
+            durable,
             runner: None,
             runner_state: None,
             engine_version: None,
@@ -181,23 +219,51 @@ impl DockerWorker {
         &self,
         kind: Kind,
         correlation_id: Option<String>,
-        mut payload: Value,
+        payload: Value,
         ctx: &mut Context<Self>,
     ) {
         let Some(correlation_id) = correlation_id else {
             return;
         };
+        self.reply_then(kind, Some(correlation_id), payload, None, ctx);
+    }
+
+    /// Publishes a reply; then, for a durable request, marks its claim
+    /// done and acknowledges it (a redelivery finds it answered).
+    fn reply_then(
+        &self,
+        kind: Kind,
+        correlation_id: Option<String>,
+        mut payload: Value,
+        task: Option<Task>,
+        ctx: &mut Context<Self>,
+    ) {
         if let Some(obj) = payload.as_object_mut() {
-            // Every reply names its worker (the router's gather needs it).
-            obj.insert("worker_id".into(), json!(self.config.worker_id()));
+            // Every reply names its worker (the router's gather needs it);
+            // a `lost` reply names the run's worker.
+            obj.entry("worker_id")
+                .or_insert_with(|| json!(self.config.worker_id()));
         }
-        let publication = Publication::new(kind.response(&self.config.prefix), payload)
-            .with_correlation(correlation_id);
+        let publication = correlation_id.map(|c| {
+            Publication::new(kind.response(&self.config.prefix), payload).with_correlation(c)
+        });
         let publisher = self.publisher.clone();
+        let broker = publisher.broker().clone();
         ctx.spawn(
             async move {
-                if let Err(e) = publisher.publish(publication).await {
-                    tracing::error!(error = %e, "could not publish a reply");
+                if let Some(publication) = publication {
+                    if let Err(e) = publisher.publish(publication).await {
+                        tracing::error!(error = %e, "could not publish a reply");
+                    }
+                }
+                if let Some(mut task) = task {
+                    task.claim.done = true;
+                    if let Err(e) = broker.update_claim(&task.key, task.claim).await {
+                        tracing::warn!(error = %e, "could not mark a claim done");
+                    }
+                    if let Err(e) = task.ack.done().await {
+                        tracing::warn!(error = %e, "could not acknowledge a durable request");
+                    }
                 }
             }
             .into_actor(self),
@@ -206,9 +272,15 @@ impl DockerWorker {
 
     fn on_request(&mut self, kind: Kind, event: &Event, ctx: &mut Context<Self>) {
         let corr = event.correlation_id.clone();
+        if let (Kind::Run, Engine::Static, Some(ack)) = (kind, &self.engine, event.ack()) {
+            settle("acknowledge a durable request", ack.done());
+        }
         let owner = match effective_owner(event, kind) {
             Ok(o) => o,
             Err(e) => {
+                if let (Kind::Run, Some(ack)) = (kind, event.ack()) {
+                    settle("acknowledge a durable request", ack.done());
+                }
                 // A per-run request for another worker is not ours to refuse.
                 if !self.addressed_elsewhere(kind, &event.payload) {
                     self.reply(kind, corr, error_payload(&e), ctx);
@@ -263,67 +335,184 @@ impl DockerWorker {
         corr: Option<String>,
         ctx: &mut Context<Self>,
     ) {
+        let ack = event.ack().cloned();
         let refuse = |kind, msg: String| error_payload(&ErrorDetail::new(kind, msg));
+        // A final answer: sent, and a durable request is settled with it.
+        let answer = |act: &mut Self, reply: Value, ctx: &mut Context<Self>| {
+            if let Some(ack) = &ack {
+                let task = Task {
+                    ack: ack.clone(),
+                    key: claim_key(&event.id),
+                    claim: ClaimRecord {
+                        holder: act.config.worker_id().to_owned(),
+                        run_id: String::new(),
+                        done: true,
+                    },
+                };
+                act.reply_then(Kind::Run, corr.clone(), reply, Some(task), ctx);
+            } else {
+                act.reply(Kind::Run, corr.clone(), reply, ctx);
+            }
+        };
         if corr.is_none() {
             tracing::warn!(from = %event.identity_id, "run request without a correlation id ignored");
+            if let Some(ack) = &ack {
+                settle("acknowledge a durable request", ack.done());
+            }
             return;
         }
         let request: RunRequest = match serde_json::from_value(event.payload.clone()) {
             Ok(r) => r,
             Err(e) => {
-                return self.reply(
-                    Kind::Run,
-                    corr,
-                    refuse(ErrorType::BadRequest, format!("invalid run request: {e}")),
-                    ctx,
-                )
+                let reply = refuse(ErrorType::BadRequest, format!("invalid run request: {e}"));
+                return answer(self, reply, ctx);
             }
         };
         let plan = match plan_run(&request, &owner, &self.config.settings) {
             Ok(p) => p,
-            Err(e) => return self.reply(Kind::Run, corr, error_payload(&e), ctx),
+            Err(e) => return answer(self, error_payload(&e), ctx),
         };
-        if self.stopping {
-            return self.reply(
-                Kind::Run,
-                corr,
-                refuse(ErrorType::Unavailable, "the worker is stopping".into()),
-                ctx,
-            );
+        if let Some(ack) = &ack {
+            if waited_too_long(event, &plan) {
+                // Its requester has given up (and recorded it lost).
+                tracing::warn!(run_id = %plan.run_id, published = %event.time, "dropping a queued run past its deadline");
+                settle("acknowledge a durable request", ack.done());
+                return;
+            }
         }
-        if self.state() == RunnerState::Unavailable {
-            return self.reply(
-                Kind::Run,
-                corr,
-                refuse(
-                    ErrorType::Unavailable,
-                    "the container engine is unreachable".into(),
-                ),
-                ctx,
-            );
-        }
-        if self.sessions.len() >= self.config.settings.config.worker.capacity {
-            return self.reply(
-                Kind::Run,
-                corr,
-                refuse(
-                    ErrorType::Unavailable,
-                    format!("worker {} is at capacity", self.config.worker_id()),
-                ),
-                ctx,
-            );
+        let busy = if self.stopping {
+            Some("the worker is stopping".to_owned())
+        } else if self.state() == RunnerState::Unavailable {
+            Some("the container engine is unreachable".to_owned())
+        } else if self.sessions.len() + self.claiming >= self.config.settings.config.worker.capacity
+        {
+            Some(format!("worker {} is at capacity", self.config.worker_id()))
+        } else {
+            None
+        };
+        if let Some(why) = busy {
+            if let Some(ack) = &ack {
+                // Back to the queue, for another worker or a later try.
+                let delay = if self.stopping {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(1)
+                };
+                tracing::debug!(run_id = %plan.run_id, reason = %why, "durable run left in the queue");
+                settle("return a durable request", ack.retry_later(delay));
+                return;
+            }
+            return answer(self, refuse(ErrorType::Unavailable, why), ctx);
         }
         if self.sessions.contains_key(&plan.run_id) {
-            return self.reply(
-                Kind::Run,
-                corr,
-                refuse(
-                    ErrorType::BadRequest,
-                    format!("run {} is already running", plan.run_id),
-                ),
-                ctx,
+            if ack.is_some() {
+                // A redelivery of a run this worker is running: its first
+                // delivery is still being kept alive and will be settled.
+                return;
+            }
+            let reply = refuse(
+                ErrorType::BadRequest,
+                format!("run {} is already running", plan.run_id),
+            );
+            return answer(self, reply, ctx);
+        }
+        let Some(ack) = ack else {
+            return self.start_session(plan, owner, corr, None, ctx);
+        };
+        let key = claim_key(&event.id);
+        let claim = ClaimRecord {
+            holder: self.config.worker_id().to_owned(),
+            run_id: plan.run_id.clone(),
+            done: false,
+        };
+        self.claiming += 1;
+        let claiming = self.publisher.broker().claim(&key, claim.clone());
+        let payload = event.payload.clone();
+        ctx.spawn(claiming.into_actor(self).map(move |res, act, ctx| {
+            act.claiming -= 1;
+            match res {
+                Ok(Claim::Won) => {
+                    let task = Task { ack, key, claim };
+                    if act.stopping {
+                        let reply = refuse(ErrorType::Unavailable, "the worker is stopping".into());
+                        return act.reply_then(Kind::Run, corr, reply, Some(task), ctx);
+                    }
+                    act.start_session(plan, owner, corr, Some(task), ctx);
+                }
+                Ok(Claim::Held { record, age }) => {
+                    act.on_claimed(record, age, Task { ack, key, claim }, &payload, owner, corr, ctx)
+                }
+                Err(e) => {
+                    tracing::warn!(run_id = %plan.run_id, error = %e, "could not claim a durable run; it stays queued");
+                    settle("return a durable request", ack.retry_later(Duration::from_secs(1)));
+                }
+            }
+        }));
+    }
+
+    /// A durable run somebody claimed first: answered already, running
+    /// (here or on a live worker), or lost with a worker that is gone.
+    #[allow(clippy::too_many_arguments)]
+    fn on_claimed(
+        &mut self,
+        held: ClaimRecord,
+        age: Duration,
+        task: Task,
+        payload: &Value,
+        owner: String,
+        corr: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let me = self.config.worker_id();
+        let ack_wait = self.durable.unwrap_or(Duration::from_secs(30));
+        if held.done {
+            return settle("acknowledge a durable request", task.ack.done());
+        }
+        if held.holder == me && self.sessions.contains_key(&held.run_id) {
+            return; // Running here; its first delivery is kept alive.
+        }
+        if held.holder != me && age < ack_wait {
+            // Its worker kept the claim fresh lately: look again later.
+            return settle(
+                "return a durable request",
+                task.ack.retry_later(ack_wait / 2),
             );
         }
+        tracing::warn!(run_id = %held.run_id, worker_id = %held.holder, "a claimed run's worker is gone; recording it lost (never re-run)");
+        let reply = json!({
+            "run_id": held.run_id,
+            "owner_account_id": owner,
+            "worker_id": held.holder,
+            "runner_name": self.config.runner_name,
+            "image": payload.get("image").or(payload.get("profile")).cloned().unwrap_or(json!("")),
+            "args": payload.get("args").cloned().unwrap_or(json!([])),
+            "exit_code": null,
+            "state": "lost",
+            "stdout": "",
+            "stderr": "",
+            "stdout_truncated": false,
+            "stderr_truncated": false,
+            "duration_ms": 0,
+            "started_at": null,
+            "finished_at": now_rfc3339(),
+            "runtime": {"provider": self.runtime().map(|r| r.provider()).unwrap_or("static")},
+            "reason": format!("worker {} stopped while the run was in flight; its outcome is unknown and it is not run again", held.holder),
+        });
+        let task = Task {
+            claim: held,
+            ..task
+        };
+        self.reply_then(Kind::Run, corr, reply, Some(task), ctx);
+    }
+
+    fn start_session(
+        &mut self,
+        plan: RunPlan,
+        owner: String,
+        corr: Option<String>,
+        task: Option<Task>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(runtime) = self.runtime().cloned() else {
             return;
         };
@@ -337,7 +526,7 @@ impl DockerWorker {
             prefix: self.config.prefix.clone(),
         };
         let run_id = plan.run_id.clone();
-        tracing::info!(run_id = %run_id, owner = %owner, image = %plan.image, "run accepted");
+        tracing::info!(run_id = %run_id, owner = %owner, image = %plan.image, durable = task.is_some(), "run accepted");
         let addr = ContainerSession::new(plan, cx, ctx.address().recipient()).start();
         self.sessions.insert(
             run_id,
@@ -347,8 +536,23 @@ impl DockerWorker {
                 correlation_id: corr,
                 started_at: now_rfc3339(),
                 container_id: None,
+                task,
             },
         );
+    }
+
+    /// Keeps the claims and deliveries of running durable runs alive.
+    fn keep_alive(&self) {
+        let broker = self.publisher.broker();
+        for live in self.sessions.values() {
+            if let Some(task) = &live.task {
+                settle("extend a durable request", task.ack.working());
+                settle(
+                    "refresh a claim",
+                    broker.update_claim(&task.key, task.claim.clone()),
+                );
+            }
+        }
     }
 
     fn on_run_request(
@@ -442,6 +646,18 @@ impl DockerWorker {
     }
 }
 
+/// Whether a queued run waited past its requester's deadline (the run's
+/// timeout plus grace, from when it was published).
+fn waited_too_long(event: &Event, plan: &RunPlan) -> bool {
+    let Ok(published) =
+        time::OffsetDateTime::parse(&event.time, &time::format_description::well_known::Rfc3339)
+    else {
+        return false;
+    };
+    let waited = time::OffsetDateTime::now_utc() - published;
+    waited > plan.timeout + RUN_GRACE
+}
+
 impl Actor for DockerWorker {
     type Context = Context<Self>;
 
@@ -477,6 +693,9 @@ impl Actor for DockerWorker {
         // First heartbeat once the engine state is known.
         ctx.run_later(Duration::from_millis(300), |act, _| act.heartbeat());
         ctx.run_interval(self.config.heartbeat_every, |act, _| act.heartbeat());
+        if let Some(ack_wait) = self.durable {
+            ctx.run_interval(ack_wait / 3, |act, _| act.keep_alive());
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -522,7 +741,7 @@ impl Handler<SessionNote> for DockerWorker {
             }
             SessionNote::Finished { run_id, reply } => {
                 if let Some(live) = self.sessions.remove(&run_id) {
-                    self.reply(Kind::Run, live.correlation_id, reply, ctx);
+                    self.reply_then(Kind::Run, live.correlation_id, reply, live.task, ctx);
                 }
             }
         }

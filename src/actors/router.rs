@@ -99,6 +99,9 @@ pub struct Router {
     workers: HashMap<String, Worker>,
     started: Instant,
     known_workers: watch::Sender<usize>,
+    /// Backend runs are a durable work queue: forwarded even while no
+    /// worker is up (one will take them).
+    durable_runs: bool,
     subscriptions: Vec<Addr<Subscription>>,
     /// `run.started`/`run.output` to republish, in arrival order.
     relay: tokio::sync::mpsc::Sender<Publication>,
@@ -126,7 +129,14 @@ impl Router {
     ) -> Result<Addr<Router>, BrokerError> {
         let requester = Requester::new(broker.clone(), identity, metrics.replies.clone());
         let (relay, mut relayed) = tokio::sync::mpsc::channel::<Publication>(4096);
+        let durable_runs = match &config.backend {
+            RouterBackend::Events { prefix } => {
+                broker.durable(&Kind::Run.request(prefix)).is_some()
+            }
+            RouterBackend::Static => false,
+        };
         let router = Router {
+            durable_runs,
             config: config.clone(),
             requester: requester.clone(),
             metrics,
@@ -224,6 +234,17 @@ impl Router {
 
     fn on_request(&mut self, kind: Kind, event: &crate::broker::Event, ctx: &mut Context<Self>) {
         self.metrics.requests.inc();
+        if let Some(ack) = event.ack() {
+            // Taken: a router forwards a request at most once, so a router
+            // that dies now loses it (its requester records it lost)
+            // rather than a second router running it twice.
+            let done = ack.done();
+            actix_rt::spawn(async move {
+                if let Err(e) = done.await {
+                    tracing::warn!(error = %e, "could not acknowledge a durable request");
+                }
+            });
+        }
         let Some(correlation_id) = event.correlation_id.clone() else {
             tracing::warn!(event = %event.name, from = %event.identity_id, "request without a correlation id dropped: nobody could match a reply");
             return;
@@ -270,6 +291,7 @@ impl Router {
             payload,
             owner,
             live: self.live(),
+            durable: kind == Kind::Run && self.durable_runs,
             discovery: self
                 .config
                 .discovery_wait
@@ -296,6 +318,8 @@ struct Forward {
     payload: Value,
     owner: String,
     live: BTreeSet<String>,
+    /// A durable run: it waits in the work queue for a worker.
+    durable: bool,
     /// Time left to wait for a first worker, and the worker count to watch.
     discovery: Option<(Duration, watch::Receiver<usize>)>,
 }
@@ -306,7 +330,7 @@ fn err(kind: ErrorType, message: impl Into<String>) -> Value {
 
 impl Forward {
     async fn run(mut self) -> Value {
-        let mut any_worker = !self.live.is_empty();
+        let mut any_worker = !self.live.is_empty() || self.durable;
         if !any_worker {
             if let Some((left, mut known)) = self.discovery.take() {
                 // Just started: give workers one heartbeat to make themselves known.
@@ -324,7 +348,8 @@ impl Forward {
         match self.kind.addressing() {
             Addressing::One => {
                 if !any_worker {
-                    // Nobody would take it: a run on this bus is not queued.
+                    // Nobody would take it: a run on this bus is not queued
+                    // (on NATS with JetStream, it is: see `durable`).
                     return err(
                         ErrorType::Unavailable,
                         format!(

@@ -2,6 +2,7 @@
 //! taken in the same run. Benchmarks print; they never assert timings.
 
 mod events;
+mod nats;
 mod responder;
 mod router;
 mod stats;
@@ -20,6 +21,9 @@ pub enum BenchCommand {
     /// Routed request/reply round trip beside a direct one: memory broker
     /// and HTTP Events API.
     Router(router::RouterBenchArgs),
+    /// Routed status throughput on NATS with one and two workers, beside
+    /// a direct request, and the cost of reply filtering.
+    Nats(nats::NatsBenchArgs),
     /// End-to-end run latency through the Docker worker beside
     /// `docker run --rm`.
     Worker(worker::WorkerBenchArgs),
@@ -29,6 +33,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
     match cmd {
         BenchCommand::Events(args) => events::run(args),
         BenchCommand::Router(args) => router::run(args),
+        BenchCommand::Nats(args) => nats::run(args),
         BenchCommand::Worker(args) => worker::run(args),
     }
 }

@@ -24,7 +24,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RouterBenchArgs {
     /// Sequential round trips per path (latency).
     #[arg(long, default_value_t = 1000)]
@@ -40,13 +40,15 @@ pub struct RouterBenchArgs {
     pub json: bool,
 }
 
-async fn measure(
+/// Latency (sequential) and throughput (`concurrency` lanes) of one
+/// request kind; every reply must be a success.
+pub(super) async fn measure(
     label: &str,
     requester: &Requester,
     name: &str,
+    payload: serde_json::Value,
     args: &RouterBenchArgs,
 ) -> Result<Summary, Failure> {
-    let payload = json!({"owner_account_id": "bench", "command": ["printf", "OK"]});
     let one = |payload: serde_json::Value| async move {
         let out = requester
             .request(Request::new(name, payload, Duration::from_secs(10)))
@@ -112,10 +114,12 @@ async fn paths(
         BusIdentity::service("bench"),
         ReplyMetrics::register(&metrics, "bench"),
     );
+    let payload = json!({"owner_account_id": "bench", "command": ["printf", "OK"]});
     let direct = measure(
         &format!("{kind}: direct to the worker"),
         &requester,
         &Kind::Run.request("bus.docker"),
+        payload.clone(),
         args,
     )
     .await?;
@@ -123,6 +127,7 @@ async fn paths(
         &format!("{kind}: through the router"),
         &requester,
         &Kind::Run.request(PUBLIC_PREFIX),
+        payload,
         args,
     )
     .await?;

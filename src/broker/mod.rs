@@ -6,19 +6,23 @@
 //! handle is shared across threads; the futures and streams it returns run
 //! on the calling actix arbiter (awc's client is not `Send`).
 
+pub mod claim;
 pub mod event;
 pub mod http;
 pub mod listener;
 pub mod memory;
 pub mod nats;
+pub mod work_queue;
 
-pub use event::Event;
+pub use claim::{claim_key, Claim, ClaimRecord};
+pub use event::{Ack, Event};
 pub use listener::ListenerHealth;
 
 use crate::contract::{Envelope, ErrorType};
 use futures::future::LocalBoxFuture;
 use futures::stream::LocalBoxStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How events of one name reach a subscriber.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -160,6 +164,35 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs and metrics: `memory`, `http`, `nats`.
     fn kind(&self) -> &'static str;
+
+    /// `Some(ack wait)` when `name` is a durable work queue: a unicast
+    /// subscription gets each event with an [`Ack`], a published event is
+    /// kept until a subscriber takes it (even if none is up yet), and an
+    /// event not acknowledged within the ack wait is delivered again.
+    fn durable(&self, _name: &str) -> Option<Duration> {
+        None
+    }
+
+    /// Claims `key` for `record.holder`, unless somebody claimed it first.
+    /// Brokers without durable names deliver at most once already: every
+    /// claim wins.
+    fn claim(
+        &self,
+        _key: &str,
+        _record: ClaimRecord,
+    ) -> LocalBoxFuture<'static, Result<Claim, BrokerError>> {
+        Box::pin(async { Ok(Claim::Won) })
+    }
+
+    /// Rewrites a claim this process holds (to keep it fresh, or to mark
+    /// it done).
+    fn update_claim(
+        &self,
+        _key: &str,
+        _record: ClaimRecord,
+    ) -> LocalBoxFuture<'static, Result<(), BrokerError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A broker handle shared by every actor of a process.

@@ -3,13 +3,16 @@
 //! a JetStream stream (`BUS_REPLAY`) that keeps a bounded window per name.
 //!
 //! Replay copies go to `bus-replay.<name>`, not to `<name>` itself: a
-//! JetStream stream may not share subjects with another stream (durable
-//! work queues take run-request subjects). NATS carries no bearer tokens:
+//! JetStream stream may not share subjects with another stream, and the
+//! run-request subjects belong to the durable work queue
+//! ([`super::work_queue`]): a run published while no worker is up waits
+//! for one. NATS carries no bearer tokens:
 //! whoever may connect is trusted like a service, so access is NATS's own
 //! (credentials in the URL, network policy). Identity filtering of
 //! non-service listeners is applied on receipt.
 
-use super::{Broker, BrokerError, Delivery, Event, EventStream, SubscribeSpec};
+use super::work_queue::{WorkQueue, DEFAULT_WORK_SUBJECTS};
+use super::{Broker, BrokerError, Claim, ClaimRecord, Delivery, Event, EventStream, SubscribeSpec};
 use crate::contract::Envelope;
 use async_nats::jetstream;
 use futures::future::LocalBoxFuture;
@@ -32,6 +35,12 @@ pub struct NatsOptions {
     pub replay_bytes: i64,
     /// Messages buffered per subscription before NATS drops (counted).
     pub subscription_capacity: usize,
+    /// Subjects made durable work queues (none: every run is at most
+    /// once and lost without a live worker, as on the other brokers).
+    pub work_subjects: Vec<String>,
+    /// How long a durable delivery may go unacknowledged before it is
+    /// delivered again (its handler sends progress well within it).
+    pub ack_wait: Duration,
 }
 
 impl Default for NatsOptions {
@@ -40,6 +49,11 @@ impl Default for NatsOptions {
             replay_per_name: 1000,
             replay_bytes: 64 << 20,
             subscription_capacity: 65_536,
+            work_subjects: DEFAULT_WORK_SUBJECTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -50,6 +64,7 @@ pub struct NatsBroker {
     client: async_nats::Client,
     replay: Option<jetstream::stream::Stream>,
     js: jetstream::Context,
+    work: Option<WorkQueue>,
     slow: Arc<AtomicU64>,
 }
 
@@ -108,10 +123,22 @@ impl NatsBroker {
                 Err(_) => tracing::warn!("JetStream did not answer; replay is off"),
             }
         }
+        let mut work = None;
+        if !options.work_subjects.is_empty() {
+            let opened = WorkQueue::open(&js, &options.work_subjects, options.ack_wait);
+            match tokio::time::timeout(Duration::from_secs(10), opened).await {
+                Ok(Ok(queue)) => work = Some(queue),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "no durable work queue (is JetStream enabled? nats-server -js); a run needs a live worker")
+                }
+                Err(_) => tracing::warn!("JetStream did not answer; no durable work queue"),
+            }
+        }
         Ok(NatsBroker {
             client,
             replay,
             js,
+            work,
             slow,
         })
     }
@@ -181,6 +208,10 @@ impl Broker for NatsBroker {
     fn publish(&self, envelope: Envelope) -> LocalBoxFuture<'static, Result<String, BrokerError>> {
         let client = self.client.clone();
         let replay = self.replay.is_some();
+        let durable = self
+            .durable(&envelope.name)
+            .is_some()
+            .then(|| self.js.clone());
         async move {
             let payload: bytes::Bytes = serde_json::to_vec(&envelope)
                 .expect("an envelope serialises")
@@ -188,10 +219,21 @@ impl Broker for NatsBroker {
             let fail = |e: async_nats::PublishError| {
                 BrokerError::Unavailable(format!("NATS publish: {e}"))
             };
-            client
-                .publish(envelope.name.clone(), payload.clone())
-                .await
-                .map_err(fail)?;
+            if let Some(js) = durable {
+                // Stored before it counts as published.
+                let unstored =
+                    |e: String| BrokerError::Unavailable(format!("NATS work queue: {e}"));
+                js.publish(envelope.name.clone(), payload.clone())
+                    .await
+                    .map_err(|e| unstored(e.to_string()))?
+                    .await
+                    .map_err(|e| unstored(e.to_string()))?;
+            } else {
+                client
+                    .publish(envelope.name.clone(), payload.clone())
+                    .await
+                    .map_err(fail)?;
+            }
             if replay {
                 client
                     .publish(format!("{REPLAY_PREFIX}.{}", envelope.name), payload)
@@ -212,6 +254,13 @@ impl Broker for NatsBroker {
             let fail = |e: async_nats::SubscribeError| {
                 BrokerError::Unavailable(format!("NATS subscribe: {e}"))
             };
+            if let (Some(work), Delivery::Unicast { group }, true, None) =
+                (&this.work, &spec.delivery, spec.follow, &spec.identity)
+            {
+                if work.covers(&spec.name) {
+                    return work.consume(&spec.name, group).await;
+                }
+            }
             // Live first, so nothing published during the replay is missed.
             let live = if spec.follow {
                 Some(match &spec.delivery {
@@ -264,5 +313,34 @@ impl Broker for NatsBroker {
 
     fn kind(&self) -> &'static str {
         "nats"
+    }
+
+    fn durable(&self, name: &str) -> Option<Duration> {
+        self.work
+            .as_ref()
+            .filter(|w| w.covers(name))
+            .map(|w| w.ack_wait)
+    }
+
+    fn claim(
+        &self,
+        key: &str,
+        record: ClaimRecord,
+    ) -> LocalBoxFuture<'static, Result<Claim, BrokerError>> {
+        match &self.work {
+            Some(work) => work.claim(key, record),
+            None => async { Ok(Claim::Won) }.boxed_local(),
+        }
+    }
+
+    fn update_claim(
+        &self,
+        key: &str,
+        record: ClaimRecord,
+    ) -> LocalBoxFuture<'static, Result<(), BrokerError>> {
+        match &self.work {
+            Some(work) => work.update_claim(key, record),
+            None => async { Ok(()) }.boxed_local(),
+        }
     }
 }

@@ -8,9 +8,11 @@ use crate::credentials::{token_subject, TokenSource};
 use crate::http::probes::Probes;
 use crate::http::server;
 use crate::metrics::Metrics;
+use crate::parse::parse_duration;
 use crate::request::BusIdentity;
 use clap::Args;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Flags of a process that talks to a remote bus.
 #[derive(Debug, Clone, Args)]
@@ -25,6 +27,11 @@ pub struct BusArgs {
     /// Serve /readyz, /healthz and /metrics on this address (off by default).
     #[arg(long)]
     pub addr: Option<String>,
+    /// NATS only: how long a durable run request may go unacknowledged
+    /// before it is delivered again (its worker sends progress every third
+    /// of it; a claim older than it belongs to a worker that is gone).
+    #[arg(long, env = "BUS_NATS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub nats_ack_wait: Duration,
 }
 
 /// Where this process's bus is, and who it is there.
@@ -35,7 +42,7 @@ pub struct BusConnection {
 
 enum Target {
     Http(Arc<HttpBroker>),
-    Nats(String),
+    Nats(String, crate::broker::nats::NatsOptions),
 }
 
 impl BusConnection {
@@ -43,9 +50,8 @@ impl BusConnection {
     pub async fn open(&self) -> Result<SharedBroker, Failure> {
         match &self.target {
             Target::Http(b) => Ok(b.clone()),
-            Target::Nats(url) => {
-                let broker =
-                    crate::broker::nats::NatsBroker::connect(url, Default::default()).await?;
+            Target::Nats(url, options) => {
+                let broker = crate::broker::nats::NatsBroker::connect(url, options.clone()).await?;
                 Ok(Arc::new(broker))
             }
         }
@@ -65,7 +71,13 @@ pub fn connect(args: &BusArgs) -> Result<BusConnection, Failure> {
             .unwrap_or_else(|| format!("bus-{}", hostname()));
         return Ok(BusConnection {
             identity: BusIdentity::service(sub),
-            target: Target::Nats(args.events_url.trim().to_owned()),
+            target: Target::Nats(
+                args.events_url.trim().to_owned(),
+                crate::broker::nats::NatsOptions {
+                    ack_wait: args.nats_ack_wait.max(Duration::from_secs(1)),
+                    ..Default::default()
+                },
+            ),
         });
     }
     let source = source.map_err(Failure::usage)?;

@@ -312,6 +312,8 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
         Some(connect(&BusArgs {
             events_url: args.events_url.clone(),
             addr: None,
+            // It publishes run requests and consumes none.
+            nats_ack_wait: std::time::Duration::from_secs(30),
         })?)
     } else {
         None

@@ -231,7 +231,18 @@ impl Provider {
                         .and_then(Value::as_str)
                         .and_then(RunState::parse)
                         .unwrap_or(RunState::Failed);
-                    (state, v)
+                    if state == RunState::Lost {
+                        // A redelivered request found its worker gone.
+                        let why = v
+                            .get("reason")
+                            .and_then(Value::as_str)
+                            .unwrap_or("the run's worker stopped mid-run; outcome unknown");
+                        let e = ErrorDetail::new(ErrorType::Unavailable, why);
+                        tracing::warn!(run_id, reason = why, "run recorded lost");
+                        (state, json!({"error": e, "worker_id": v.get("worker_id")}))
+                    } else {
+                        (state, v)
+                    }
                 }
                 Some(e) if e.kind == ErrorType::Timeout => self.lost(run_id, owner).await,
                 Some(e) => (RunState::Error, json!({ "error": e })),

@@ -44,34 +44,9 @@ impl KvStore {
             .await
             .map_err(|e| err(format!("NATS {url}: {e}")))?;
         let js = async_nats::jetstream::new(client);
-        let kv = match js.get_key_value(bucket).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                // The bucket's stream, made directly (the client's own
-                // create_key_value queries account info that servers before
-                // 2.10 answer in a shape it cannot read).
-                let config = async_nats::jetstream::stream::Config {
-                    name: format!("KV_{bucket}"),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
-                    discard: async_nats::jetstream::stream::DiscardPolicy::New,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    duplicate_window: Duration::from_secs(120),
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                };
-                js.get_or_create_stream(config).await.map_err(|e| {
-                    err(format!(
-                        "creating the KV bucket {bucket} (is JetStream on? nats-server -js): {e}"
-                    ))
-                })?;
-                js.get_key_value(bucket)
-                    .await
-                    .map_err(|e| err(format!("opening the KV bucket {bucket}: {e}")))?
-            }
-        };
+        let kv = crate::broker::work_queue::key_value(&js, bucket, Duration::ZERO)
+            .await
+            .map_err(err)?;
         Ok(KvStore { kv })
     }
 

@@ -15,6 +15,7 @@ mod events_api;
 mod http_listener;
 mod memory_broker;
 mod nats_backend;
+mod nats_scale;
 mod podman_worker;
 mod router;
 mod router_processes;
