@@ -387,9 +387,17 @@ async fn refusals_and_runner_requests() {
             .await),
         "bad_request"
     );
-    let status = f
-        .ask(Kind::RunnerStatus, json!({}), Duration::from_secs(10))
-        .await;
+    // The runner is `starting` until its first engine ping answers.
+    let mut status = json!(null);
+    for _ in 0..100 {
+        status = f
+            .ask(Kind::RunnerStatus, json!({}), Duration::from_secs(10))
+            .await;
+        if status["status"]["state"] != "starting" {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(status["status"]["state"], "ready", "{status}");
     assert_eq!(
         status["status"]["details"]["profiles"]["codex"]["present"],
