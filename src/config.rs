@@ -55,6 +55,8 @@ pub struct WorkerSection {
     pub max_timeout_seconds: u64,
     /// Concurrent runs per worker.
     pub capacity: usize,
+    /// A warm-pool container idle this long is replaced by a fresh one.
+    pub pool_max_idle_seconds: u64,
 }
 
 impl Default for WorkerSection {
@@ -65,6 +67,7 @@ impl Default for WorkerSection {
             default_timeout_seconds: 300,
             max_timeout_seconds: 3600,
             capacity: 64,
+            pool_max_idle_seconds: 600,
         }
     }
 }
@@ -180,6 +183,10 @@ pub struct Profile {
     pub forward_env: Vec<String>,
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// Started, idle containers kept ready for this profile's runs (0: every
+    /// run starts a container cold).
+    #[serde(default)]
+    pub pool_size: usize,
     /// Overrides of `[defaults]` (any of its keys).
     #[serde(flatten)]
     pub sandbox: SandboxSettings,
@@ -195,6 +202,13 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
         config.check().map_err(|e| format!("{origin}: {e}"))?;
         Ok(config)
+    }
+
+    /// `--pool-size N`: every profile keeps `n` warm containers.
+    pub fn set_pool_size(&mut self, n: usize) {
+        for profile in self.profiles.values_mut() {
+            profile.pool_size = n;
+        }
     }
 
     pub fn load(path: &Path) -> Result<Config, String> {
@@ -225,6 +239,9 @@ impl Config {
         }
         if self.worker.capacity == 0 {
             return Err("worker.capacity must be greater than 0".into());
+        }
+        if self.worker.pool_max_idle_seconds == 0 {
+            return Err("worker.pool_max_idle_seconds must be greater than 0".into());
         }
         for pattern in &self.worker.allowed_images {
             glob::Pattern::new(pattern)

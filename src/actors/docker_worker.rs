@@ -13,6 +13,7 @@
 //! restart) is answered `lost`, never run again; one it cannot take now
 //! (stopping, at capacity, no engine) goes back to the queue.
 
+use super::pool::{self as warm, PoolConfig, WarmPool};
 use super::runner::{self, ListLive, Runner, RunnerConfig, RunnerState};
 use super::session::{Cancel, ContainerSession, SessionContext, SessionNote, WriteInput};
 use super::subscription::{self, Delivered, Subscription};
@@ -105,12 +106,16 @@ pub struct DockerWorker {
     engine: Engine,
     publisher: Requester,
     sessions: HashMap<String, Live>,
-    /// Durable requests being claimed (they count against capacity).
-    claiming: usize,
+    /// Runs being claimed or given a pooled container (they count
+    /// against capacity).
+    pending: usize,
     /// The ack wait of durable run requests, when they are.
     durable: Option<Duration>,
     runner: Option<Addr<Runner>>,
     runner_state: Option<watch::Receiver<RunnerState>>,
+    /// Idle containers per profile, when any profile has `pool_size`.
+    pool: Option<Addr<WarmPool>>,
+    pool_config: PoolConfig,
     engine_version: Option<String>,
     subscriptions: Vec<Addr<Subscription>>,
     stopping: bool,
@@ -122,6 +127,11 @@ pub struct DockerWorker {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Idle warm-pool containers per profile (empty without a pool).
+#[derive(Message)]
+#[rtype(result = "BTreeMap<String, usize>")]
+pub struct PoolIdle;
 
 /// How many runs the worker holds (tests, probes).
 #[derive(Message)]
@@ -144,13 +154,17 @@ impl DockerWorker {
         let prefix = config.prefix.clone();
         let worker_id = config.worker_id().to_owned();
         let durable = broker.durable(&Kind::Run.request(&prefix));
+        let pool_config =
+            PoolConfig::from_settings(&config.settings, uuid::Uuid::new_v4().simple().to_string());
         let addr = DockerWorker {
             config,
             engine,
             publisher,
             sessions: HashMap::new(),
-            claiming: 0,
+            pending: 0,
             durable,
+            pool: None,
+            pool_config,
             runner: None,
             runner_state: None,
             engine_version: None,
@@ -384,7 +398,7 @@ impl DockerWorker {
             Some("the worker is stopping".to_owned())
         } else if self.state() == RunnerState::Unavailable {
             Some("the container engine is unreachable".to_owned())
-        } else if self.sessions.len() + self.claiming >= self.config.settings.config.worker.capacity
+        } else if self.sessions.len() + self.pending >= self.config.settings.config.worker.capacity
         {
             Some(format!("worker {} is at capacity", self.config.worker_id()))
         } else {
@@ -425,11 +439,11 @@ impl DockerWorker {
             run_id: plan.run_id.clone(),
             done: false,
         };
-        self.claiming += 1;
+        self.pending += 1;
         let claiming = self.publisher.broker().claim(&key, claim.clone());
         let payload = event.payload.clone();
         ctx.spawn(claiming.into_actor(self).map(move |res, act, ctx| {
-            act.claiming -= 1;
+            act.pending -= 1;
             match res {
                 Ok(Claim::Won) => {
                     let task = Task { ack, key, claim };
@@ -513,6 +527,33 @@ impl DockerWorker {
         task: Option<Task>,
         ctx: &mut Context<Self>,
     ) {
+        // A profile run takes an idle pooled container when one is ready
+        // (the pool is made per profile; explicit-image runs go cold).
+        let poolable = plan
+            .profile
+            .as_ref()
+            .filter(|p| self.pool_config.sizes.contains_key(*p) && !plan.spec.command.is_empty());
+        if let (Some(profile), Some(pool)) = (poolable, &self.pool) {
+            self.pending += 1;
+            let take = pool.send(warm::Take(profile.clone()));
+            ctx.spawn(take.into_actor(self).map(move |taken, act, ctx| {
+                act.pending -= 1;
+                act.open_session(plan, owner, corr, task, taken.ok().flatten(), ctx);
+            }));
+            return;
+        }
+        self.open_session(plan, owner, corr, task, None, ctx);
+    }
+
+    fn open_session(
+        &mut self,
+        plan: RunPlan,
+        owner: String,
+        corr: Option<String>,
+        task: Option<Task>,
+        pooled: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(runtime) = self.runtime().cloned() else {
             return;
         };
@@ -526,8 +567,12 @@ impl DockerWorker {
             prefix: self.config.prefix.clone(),
         };
         let run_id = plan.run_id.clone();
-        tracing::info!(run_id = %run_id, owner = %owner, image = %plan.image, durable = task.is_some(), "run accepted");
-        let addr = ContainerSession::new(plan, cx, ctx.address().recipient()).start();
+        tracing::info!(run_id = %run_id, owner = %owner, image = %plan.image, durable = task.is_some(), pooled = pooled.is_some(), "run accepted");
+        let mut session = ContainerSession::new(plan, cx, ctx.address().recipient());
+        if let Some(container) = pooled {
+            session = session.pooled(container);
+        }
+        let addr = session.start();
         self.sessions.insert(
             run_id,
             Live {
@@ -677,10 +722,19 @@ impl Actor for DockerWorker {
                 images,
                 ping_every: self.config.ping_every,
                 reap_every: self.config.reap_every,
+                pool_instance: self.pool_config.instance.clone(),
             };
             let (runner, state) = Runner::new(runtime.clone(), config, ctx.address().recipient());
             self.runner = Some(runner.start());
             self.runner_state = Some(state);
+            if !self.pool_config.is_empty() {
+                let pool = WarmPool::new(
+                    runtime.clone(),
+                    self.config.settings.clone(),
+                    self.pool_config.clone(),
+                );
+                self.pool = Some(pool.start());
+            }
             let runtime = runtime.clone();
             ctx.spawn(
                 async move { runtime.ping().await.ok() }
@@ -755,6 +809,19 @@ impl Handler<ListLive> for DockerWorker {
     }
 }
 
+impl Handler<PoolIdle> for DockerWorker {
+    type Result = ResponseFuture<BTreeMap<String, usize>>;
+    fn handle(&mut self, _: PoolIdle, _: &mut Self::Context) -> Self::Result {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            match pool {
+                Some(p) => p.send(warm::IdleCounts).await.unwrap_or_default(),
+                None => BTreeMap::new(),
+            }
+        })
+    }
+}
+
 impl Handler<LiveCount> for DockerWorker {
     type Result = usize;
     fn handle(&mut self, _: LiveCount, _: &mut Self::Context) -> usize {
@@ -779,12 +846,23 @@ impl Handler<Shutdown> for DockerWorker {
             if let Some(r) = &self.runner {
                 r.do_send(runner::MarkStopped);
             }
-            // Wait (bounded) for the cancelled sessions to remove their containers.
+            // Wait (bounded) for the cancelled sessions to remove their
+            // containers, then empty the warm pool.
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            let mut done = false;
             ctx.run_interval(Duration::from_millis(50), move |act, ctx| {
-                if act.sessions.is_empty() || std::time::Instant::now() >= deadline {
-                    act.heartbeat();
-                    ctx.stop();
+                if done || !(act.sessions.is_empty() || std::time::Instant::now() >= deadline) {
+                    return;
+                }
+                done = true;
+                act.heartbeat();
+                match act.pool.take() {
+                    Some(pool) => ctx.wait(
+                        pool.send(warm::Drain)
+                            .into_actor(act)
+                            .map(|_, _, ctx| ctx.stop()),
+                    ),
+                    None => ctx.stop(),
                 }
             });
         }

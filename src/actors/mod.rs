@@ -6,12 +6,17 @@
 //! - [`dispatcher::ReplyDispatcher`]: routes replies to waiters by
 //!   correlation id; counts late and duplicate replies
 //! - [`router::Router`]: public `bus.containers.*` requests → a backend prefix
+//! - [`docker_worker::DockerWorker`]: a worker's requests; one
+//!   [`session::ContainerSession`] per run, [`runner::Runner`] for the
+//!   engine's state and the reaper, [`pool::WarmPool`] for idle containers
+//! - [`live_runs::LiveRuns`]: the API provider's runs in flight
 //!
 //! Peers are held as `Recipient<M>` where a test may put a mock in the seat.
 
 pub mod dispatcher;
 pub mod docker_worker;
 pub mod live_runs;
+pub mod pool;
 pub mod router;
 pub mod runner;
 pub mod session;

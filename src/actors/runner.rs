@@ -5,7 +5,8 @@
 //!
 //! The reaper removes containers labelled with this worker's id whose run
 //! no live session holds (what a crash left behind). It never touches
-//! another worker's containers, nor pooled ones.
+//! another worker's containers, nor its own live warm pool's; pooled
+//! containers of an earlier process (another pool instance) are orphans.
 
 use crate::contract::{ErrorDetail, ErrorType};
 use crate::runtime::SharedRuntime;
@@ -73,6 +74,8 @@ pub struct RunnerConfig {
     pub images: BTreeMap<String, String>,
     pub ping_every: Duration,
     pub reap_every: Duration,
+    /// This process's warm-pool instance (the `bus.pooled` label value).
+    pub pool_instance: String,
 }
 
 pub struct Runner {
@@ -266,6 +269,7 @@ impl Handler<Reap> for Runner {
         let runtime = self.runtime.clone();
         let worker = self.config.worker_id.clone();
         let live = self.live.clone();
+        let pool = self.config.pool_instance.clone();
         Box::pin(async move {
             let Ok(all) = runtime.list_managed(&worker).await else {
                 return 0;
@@ -277,7 +281,7 @@ impl Handler<Reap> for Runner {
             let mut removed = 0;
             for c in all
                 .into_iter()
-                .filter(|c| !c.pooled && !held.contains(&c.run_id))
+                .filter(|c| c.pool.as_deref() != Some(pool.as_str()) && !held.contains(&c.run_id))
             {
                 match runtime.remove(&c.id).await {
                     Ok(()) => {

@@ -6,10 +6,19 @@
 //! container never blocks on a full pipe) → exit, timeout (kill) or cancel
 //! (kill) → inspect (`OOMKilled`) → remove. The container is removed on
 //! every path, including errors and the actor being stopped.
+//!
+//! A warm-pool run skips create and start: the run's command is exec'd,
+//! attached, into an idle pooled container made for its profile, and its
+//! exit code is the exec's. Everything else (output, input, timeout and
+//! cancel by killing the container, removal) is the same. If the exec
+//! cannot start, the pooled container is removed and the run goes cold.
+//! An out-of-memory kill of a pooled run's process leaves the container
+//! running, so the engine's `OOMKilled` flag is not set: such a run
+//! reports `failed` with SIGKILL (exit 137).
 
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
 use crate::request::Requester;
-use crate::runtime::{Attached, Chunk, OutputStream, RuntimeError, SharedRuntime};
+use crate::runtime::{Attached, Chunk, ExecSpec, OutputStream, RuntimeError, SharedRuntime};
 use crate::worker::outcome::{Ending, RunResult};
 use crate::worker::utf8::Utf8Carry;
 use crate::worker::RunPlan;
@@ -99,6 +108,10 @@ pub struct ContainerSession {
     cx: SessionContext,
     notify: Recipient<SessionNote>,
     container_id: Option<String>,
+    /// A warm-pool container to exec into instead of starting one.
+    pooled: Option<String>,
+    /// The run's exec, in a pooled container.
+    exec_id: Option<String>,
     input: Option<Pin<Box<dyn AsyncWrite>>>,
     stdout: Capture,
     stderr: Capture,
@@ -134,6 +147,8 @@ impl ContainerSession {
             cx,
             notify,
             container_id: None,
+            pooled: None,
+            exec_id: None,
             input: None,
             seq: 0,
             started: None,
@@ -147,6 +162,12 @@ impl ContainerSession {
             relay,
             dropped_events: 0,
         }
+    }
+
+    /// Runs in this idle warm-pool container (made for the plan's profile).
+    pub fn pooled(mut self, container_id: String) -> Self {
+        self.pooled = Some(container_id);
+        self
     }
 
     fn event(&mut self, name: &str, payload: Value) {
@@ -247,6 +268,16 @@ impl ContainerSession {
                 );
             }
         }
+        ctx.run_later(self.plan.timeout, |act, ctx| {
+            if act.exit.is_none() && !act.cancelled {
+                tracing::info!(run_id = %act.plan.run_id, timeout = ?act.plan.timeout, "run timed out; killing it");
+                act.timed_out = true;
+                act.kill(ctx);
+            }
+        });
+        if self.exec_id.is_some() {
+            return; // The exec's exit is read when its output ends.
+        }
         let runtime = self.cx.runtime.clone();
         let wait_id = id.clone();
         ctx.spawn(async move { runtime.wait(&wait_id).await }.into_actor(self).map(|res, act, ctx| {
@@ -265,13 +296,97 @@ impl ContainerSession {
             });
             act.maybe_finish(ctx);
         }));
-        ctx.run_later(self.plan.timeout, |act, ctx| {
-            if act.exit.is_none() && !act.cancelled {
-                tracing::info!(run_id = %act.plan.run_id, timeout = ?act.plan.timeout, "run timed out; killing it");
-                act.timed_out = true;
-                act.kill(ctx);
+    }
+
+    /// Creates, attaches and starts the run's own container.
+    fn start_cold(&mut self, ctx: &mut Context<Self>) {
+        let runtime = self.cx.runtime.clone();
+        let spec = self.plan.spec.clone();
+        // Until the container runs, other messages (cancel, input) wait.
+        ctx.wait(
+            async move {
+                let id = runtime.create(&spec).await.map_err(|e| (None, e))?;
+                let attached = match runtime.attach(&id, spec.stdin).await {
+                    Ok(a) => a,
+                    Err(e) => return Err((Some(id), e)),
+                };
+                if let Err(e) = runtime.start(&id).await {
+                    return Err((Some(id), e));
+                }
+                Ok((id, attached))
             }
-        });
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok((id, attached)) => {
+                    act.container_id = Some(id.clone());
+                    act.on_started(id, attached, ctx);
+                    if act.cancelled {
+                        act.kill(ctx);
+                    }
+                }
+                Err((id, e)) => {
+                    act.container_id = id;
+                    act.fail(e, ctx);
+                }
+            }),
+        );
+    }
+
+    /// Execs the run's command into its warm-pool container.
+    fn start_pooled(&mut self, id: String, ctx: &mut Context<Self>) {
+        let runtime = self.cx.runtime.clone();
+        let exec = ExecSpec {
+            command: self.plan.spec.command.clone(),
+            env: self.plan.spec.env.clone(),
+            workdir: self.plan.spec.workdir.clone(),
+            stdin: self.plan.spec.stdin,
+        };
+        let container = id.clone();
+        ctx.wait(
+            async move { runtime.exec(&container, &exec).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok((exec_id, attached)) => {
+                        act.container_id = Some(id.clone());
+                        act.exec_id = Some(exec_id);
+                        act.on_started(id, attached, ctx);
+                        if act.cancelled {
+                            act.kill(ctx);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(run_id = %act.plan.run_id, container = %id, error = %e, "could not exec into a warm-pool container; starting the run cold");
+                        let runtime = act.cx.runtime.clone();
+                        actix_rt::spawn(async move {
+                            let _ = runtime.remove(&id).await;
+                        });
+                        act.start_cold(ctx);
+                    }
+                }),
+        );
+    }
+
+    /// The exec's exit, once its output has ended.
+    fn read_exec_exit(&mut self, exec_id: String, ctx: &mut Context<Self>) {
+        let runtime = self.cx.runtime.clone();
+        ctx.spawn(
+            async move {
+                // The engine marks the exec done a moment after its output ends.
+                for _ in 0..40 {
+                    match runtime.exec_exit(&exec_id).await {
+                        Ok(Some(code)) => return code,
+                        Ok(None) => actix_rt::time::sleep(Duration::from_millis(25)).await,
+                        Err(_) => break,
+                    }
+                }
+                -1
+            }
+            .into_actor(self)
+            .map(|code, act, ctx| {
+                act.exit = Some((code, Instant::now(), now_rfc3339()));
+                act.maybe_finish(ctx);
+            }),
+        );
     }
 
     fn maybe_finish(&mut self, ctx: &mut Context<Self>) {
@@ -324,36 +439,10 @@ impl Actor for ContainerSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let runtime = self.cx.runtime.clone();
-        let spec = self.plan.spec.clone();
-        // Until the container runs, other messages (cancel, input) wait.
-        ctx.wait(
-            async move {
-                let id = runtime.create(&spec).await.map_err(|e| (None, e))?;
-                let attached = match runtime.attach(&id, spec.stdin).await {
-                    Ok(a) => a,
-                    Err(e) => return Err((Some(id), e)),
-                };
-                if let Err(e) = runtime.start(&id).await {
-                    return Err((Some(id), e));
-                }
-                Ok((id, attached))
-            }
-            .into_actor(self)
-            .map(|res, act, ctx| match res {
-                Ok((id, attached)) => {
-                    act.container_id = Some(id.clone());
-                    act.on_started(id, attached, ctx);
-                    if act.cancelled {
-                        act.kill(ctx);
-                    }
-                }
-                Err((id, e)) => {
-                    act.container_id = id;
-                    act.fail(e, ctx);
-                }
-            }),
-        );
+        match self.pooled.clone() {
+            Some(id) => self.start_pooled(id, ctx),
+            None => self.start_cold(ctx),
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -405,7 +494,10 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
             }
         }
         self.output_done = true;
-        self.maybe_finish(ctx);
+        match self.exec_id.clone() {
+            Some(exec_id) if self.exit.is_none() => self.read_exec_exit(exec_id, ctx),
+            _ => self.maybe_finish(ctx),
+        }
     }
 }
 

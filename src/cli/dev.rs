@@ -63,6 +63,11 @@ pub struct DevArgs {
     /// Where the run ledger lives.
     #[arg(long, env = "BUS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep this many started, idle containers per profile, so a profile
+    /// run execs instead of starting a container (overrides every
+    /// profile's `pool_size`; 0: none).
+    #[arg(long, env = "BUS_POOL_SIZE")]
+    pub pool_size: Option<usize>,
 }
 
 fn load_config(args: &DevArgs) -> Result<(Config, String), Failure> {
@@ -200,6 +205,9 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
     let dev = config.dev.clone();
     if let Some(image) = &args.container_codex_image {
         config.profiles.entry("codex".into()).or_default().image = Some(image.clone());
+    }
+    if let Some(n) = args.pool_size {
+        config.set_pool_size(n);
     }
     let provider = match (args.provider, dev.provider.as_deref()) {
         (Some(p), _) => p,

@@ -86,6 +86,11 @@ pub struct WorkerArgs {
     /// How often the orphan reaper looks for leftovers.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub reap_interval: Duration,
+    /// Keep this many started, idle containers per profile, so a profile
+    /// run execs instead of starting a container (overrides every
+    /// profile's `pool_size`; 0: none).
+    #[arg(long, env = "BUS_POOL_SIZE")]
+    pub pool_size: Option<usize>,
     /// Check the configuration (and the engine, unless static), print
     /// `bus-integration-<name> self-test OK` and exit.
     #[arg(long)]
@@ -106,6 +111,9 @@ pub fn settings(args: &WorkerArgs, flavour: Flavour) -> Result<WorkerSettings, F
         Some(path) => Config::load(path).map_err(Failure::usage)?,
         None => Config::builtin(),
     };
+    if let Some(n) = args.pool_size {
+        config.set_pool_size(n);
+    }
     let image_env = match flavour {
         Flavour::Docker => "DOCKER_CONTAINER_CODEX_IMAGE",
         Flavour::Podman => "PODMAN_CONTAINER_CODEX_IMAGE",

@@ -4,11 +4,12 @@
 //! `DOCKER_HOST` is honoured (`unix://` or `tcp://`).
 
 use super::{
-    labels, Attached, Chunk, ContainerRuntime, ContainerSpec, EngineInfo, ExitInfo, Managed,
-    OutputStream, RuntimeError,
+    labels, Attached, Chunk, ContainerRuntime, ContainerSpec, EngineInfo, ExecSpec, ExitInfo,
+    Managed, OutputStream, RuntimeError,
 };
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
 };
@@ -40,6 +41,30 @@ pub struct DockerRuntime {
     host: String,
     client: Arc<Mutex<Option<Docker>>>,
     negotiated: Arc<AtomicBool>,
+}
+
+/// An engine's multiplexed output as chunks (stdin echoes dropped).
+fn chunks(
+    output: impl futures::Stream<Item = Result<LogOutput, BollardError>> + 'static,
+) -> futures::stream::LocalBoxStream<'static, Result<Chunk, RuntimeError>> {
+    output
+        .filter_map(|item| async move {
+            match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    Some(Ok(Chunk {
+                        stream: OutputStream::Stdout,
+                        data: message,
+                    }))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok(Chunk {
+                    stream: OutputStream::Stderr,
+                    data: message,
+                })),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(map_err(e))),
+            }
+        })
+        .boxed_local()
 }
 
 fn map_err(e: BollardError) -> RuntimeError {
@@ -330,25 +355,7 @@ impl ContainerRuntime for DockerRuntime {
                 .attach_container(&id, Some(options))
                 .await
                 .map_err(map_err)?;
-            let output = attached
-                .output
-                .filter_map(|item| async move {
-                    match item {
-                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
-                            Some(Ok(Chunk {
-                                stream: OutputStream::Stdout,
-                                data: message,
-                            }))
-                        }
-                        Ok(LogOutput::StdErr { message }) => Some(Ok(Chunk {
-                            stream: OutputStream::Stderr,
-                            data: message,
-                        })),
-                        Ok(LogOutput::StdIn { .. }) => None,
-                        Err(e) => Some(Err(map_err(e))),
-                    }
-                })
-                .boxed_local();
+            let output = chunks(attached.output);
             let input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite>>> =
                 if stdin { Some(attached.input) } else { None };
             Ok(Attached { output, input })
@@ -492,10 +499,81 @@ impl ContainerRuntime for DockerRuntime {
                     Some(Managed {
                         id: c.id?,
                         run_id: labels.get(labels::RUN_ID).cloned().unwrap_or_default(),
-                        pooled: labels.get(labels::POOLED).is_some_and(|v| v == "true"),
+                        pool: labels.get(labels::POOLED).cloned(),
                     })
                 })
                 .collect())
+        }
+        .boxed_local()
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        spec: &ExecSpec,
+    ) -> LocalBoxFuture<'static, Result<(String, Attached), RuntimeError>> {
+        let (this, id, spec) = (self.clone(), id.to_owned(), spec.clone());
+        async move {
+            let client = this.ready_client().await?;
+            let config = CreateExecOptions {
+                attach_stdin: Some(spec.stdin),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                cmd: Some(spec.command.clone()),
+                working_dir: spec.workdir.clone(),
+                ..Default::default()
+            };
+            let exec_id = client.create_exec(&id, config).await.map_err(map_err)?.id;
+            let started = client
+                .start_exec(
+                    &exec_id,
+                    Some(StartExecOptions {
+                        detach: false,
+                        tty: false,
+                        output_capacity: None,
+                    }),
+                )
+                .await
+                .map_err(map_err)?;
+            match started {
+                StartExecResults::Attached { output, input } => {
+                    let input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite>>> =
+                        if spec.stdin { Some(input) } else { None };
+                    Ok((
+                        exec_id,
+                        Attached {
+                            output: chunks(output),
+                            input,
+                        },
+                    ))
+                }
+                StartExecResults::Detached => {
+                    Err(RuntimeError::Engine("the exec started detached".into()))
+                }
+            }
+        }
+        .boxed_local()
+    }
+
+    fn exec_exit(
+        &self,
+        exec_id: &str,
+    ) -> LocalBoxFuture<'static, Result<Option<i64>, RuntimeError>> {
+        let (this, exec_id) = (self.clone(), exec_id.to_owned());
+        async move {
+            let info = this
+                .ready_client()
+                .await?
+                .inspect_exec(&exec_id)
+                .await
+                .map_err(map_err)?;
+            Ok(if info.running == Some(true) {
+                None
+            } else {
+                info.exit_code
+            })
         }
         .boxed_local()
     }

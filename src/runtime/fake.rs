@@ -358,11 +358,7 @@ impl ContainerRuntime for FakeRuntime {
                         .get(labels::RUN_ID)
                         .cloned()
                         .unwrap_or_default(),
-                    pooled: c
-                        .spec
-                        .labels
-                        .get(labels::POOLED)
-                        .is_some_and(|v| v == "true"),
+                    pool: c.spec.labels.get(labels::POOLED).cloned(),
                 })
                 .collect()
         });

@@ -25,8 +25,11 @@ pub mod labels {
     pub const RUN_ID: &str = "bus.run_id";
     pub const OWNER: &str = "bus.owner";
     pub const WORKER_ID: &str = "bus.worker_id";
-    /// A warm-pool container: the orphan reaper leaves it alone.
+    /// A warm-pool container; the value is the pool's instance id, and
+    /// the orphan reaper leaves the containers of its own live pool alone.
     pub const POOLED: &str = "bus.pooled";
+    /// The profile a pooled container was made for.
+    pub const PROFILE: &str = "bus.profile";
 }
 
 /// Which output stream a chunk came from.
@@ -78,7 +81,20 @@ pub struct EngineInfo {
 pub struct Managed {
     pub id: String,
     pub run_id: String,
-    pub pooled: bool,
+    /// The pool instance of a warm-pool container.
+    pub pool: Option<String>,
+}
+
+/// A process to start in a running container (a warm-pool run). It runs
+/// with the container's user, hardening, limits and network.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecSpec {
+    pub command: Vec<String>,
+    /// Added to the container's environment.
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    /// Attach stdin.
+    pub stdin: bool,
 }
 
 /// Why an engine call failed.
@@ -125,6 +141,30 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
         worker_id: &str,
     ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>>;
+
+    /// Starts a process in a running container, attached; returns the
+    /// exec id. Engines without it refuse (the worker then runs cold).
+    fn exec(
+        &self,
+        _id: &str,
+        _spec: &ExecSpec,
+    ) -> LocalBoxFuture<'static, Result<(String, Attached), RuntimeError>> {
+        let provider = self.provider();
+        Box::pin(async move {
+            Err(RuntimeError::Engine(format!(
+                "the {provider} runtime cannot exec into a container"
+            )))
+        })
+    }
+
+    /// The exit code of a finished exec (`None` while it runs or when the
+    /// engine does not know).
+    fn exec_exit(
+        &self,
+        _exec_id: &str,
+    ) -> LocalBoxFuture<'static, Result<Option<i64>, RuntimeError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A runtime shared by the actors of a worker.

@@ -10,6 +10,7 @@ mod cli_containers;
 mod cli_events;
 mod containers_api;
 mod dev_stack;
+mod docker_pool;
 mod docker_worker;
 mod events_api;
 mod http_listener;

@@ -201,7 +201,7 @@ async fn an_unreachable_engine_refuses_runs_and_reports_unavailable() {
 }
 
 #[actix_rt::test]
-async fn the_reaper_takes_only_this_workers_unpooled_orphans() {
+async fn the_reaper_takes_only_this_workers_orphans_and_stale_pool_containers() {
     let fake = FakeRuntime::new();
     let make = |worker: &str, run: &str, pooled: bool| {
         let mut spec = ContainerSpec {
@@ -212,7 +212,9 @@ async fn the_reaper_takes_only_this_workers_unpooled_orphans() {
         spec.labels.insert(labels::WORKER_ID.into(), worker.into());
         spec.labels.insert(labels::RUN_ID.into(), run.into());
         if pooled {
-            spec.labels.insert(labels::POOLED.into(), "true".into());
+            // The pool of an earlier process of this worker.
+            spec.labels
+                .insert(labels::POOLED.into(), "earlier-instance".into());
         }
         spec
     };
@@ -223,7 +225,10 @@ async fn the_reaper_takes_only_this_workers_unpooled_orphans() {
     actix_rt::time::sleep(Duration::from_millis(300)).await;
     let live = r.fake.live();
     assert!(!live.contains(&orphan), "own orphan removed");
-    assert!(live.contains(&pooled), "pooled container kept");
+    assert!(
+        !live.contains(&pooled),
+        "an earlier process's pool container removed"
+    );
     assert!(live.contains(&foreign), "another worker's container kept");
     let _ = r.worker.send(Shutdown).await;
 }
