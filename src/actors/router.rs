@@ -12,7 +12,7 @@
 use super::dispatcher::ReplyMetrics;
 use super::subscription::{self, Delivered, Subscription};
 use super::waiter::{Expect, Outcome};
-use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
+use crate::broker::{run_id_of_envelope, BrokerError, SharedBroker, SubscribeSpec};
 use crate::containers::owner::effective_owner;
 use crate::containers::replies::{self, Part};
 use crate::containers::{
@@ -282,12 +282,32 @@ impl Router {
                 obj.insert("owner_account_id".into(), json!(owner));
             }
         }
+        let deadline = self.deadline(kind, &payload);
+        if kind == Kind::Run && self.durable_runs {
+            if let Some(obj) = payload.as_object_mut() {
+                // Every copy of this run (a redelivery, another router's
+                // forward) names the same run, so a worker's claim covers
+                // them all; and a worker does not start it once its
+                // requester has stopped waiting.
+                let named = obj
+                    .get("run_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| !r.is_empty());
+                if !named {
+                    obj.insert("run_id".into(), json!(run_id_of_envelope(&event.id)));
+                }
+                let until = time::OffsetDateTime::now_utc() + deadline;
+                if let Ok(at) = until.format(&time::format_description::well_known::Rfc3339) {
+                    obj.insert("deadline_at".into(), json!(at));
+                }
+            }
+        }
         let forward = Forward {
             requester: self.requester.clone(),
             metrics: self.metrics.clone(),
             prefix,
             kind,
-            deadline: self.deadline(kind, &payload),
+            deadline,
             payload,
             owner,
             live: self.live(),

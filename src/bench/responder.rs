@@ -63,9 +63,13 @@ impl Handler<Delivered> for Responder {
         publication.correlation_id = event.correlation_id.clone();
         let env = self.me.envelope(publication);
         let broker = self.broker.clone();
+        let ack = event.ack().map(|a| a.done());
         ctx.spawn(
             async move {
                 let _ = broker.publish(env).await;
+                if let Some(ack) = ack {
+                    let _ = ack.await;
+                }
             }
             .into_actor(self),
         );

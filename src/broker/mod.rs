@@ -14,7 +14,7 @@ pub mod memory;
 pub mod nats;
 pub mod work_queue;
 
-pub use claim::{claim_key, Claim, ClaimRecord};
+pub use claim::{claim_key, run_id_of_envelope, Claim, ClaimRecord};
 pub use event::{Ack, Event};
 pub use listener::ListenerHealth;
 
@@ -181,17 +181,19 @@ pub trait Broker: Send + Sync + 'static {
         _key: &str,
         _record: ClaimRecord,
     ) -> LocalBoxFuture<'static, Result<Claim, BrokerError>> {
-        Box::pin(async { Ok(Claim::Won) })
+        Box::pin(async { Ok(Claim::Won { revision: 0 }) })
     }
 
-    /// Rewrites a claim this process holds (to keep it fresh, or to mark
-    /// it done).
+    /// Rewrites a claim: only if it is still at `expected` (`None`:
+    /// unconditionally). `Ok(Some(revision))` when written, `Ok(None)`
+    /// when somebody else changed it first.
     fn update_claim(
         &self,
         _key: &str,
         _record: ClaimRecord,
-    ) -> LocalBoxFuture<'static, Result<(), BrokerError>> {
-        Box::pin(async { Ok(()) })
+        _expected: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<Option<u64>, BrokerError>> {
+        Box::pin(async { Ok(Some(0)) })
     }
 }
 

@@ -123,17 +123,11 @@ impl NatsBroker {
                 Err(_) => tracing::warn!("JetStream did not answer; replay is off"),
             }
         }
-        let mut work = None;
-        if !options.work_subjects.is_empty() {
-            let opened = WorkQueue::open(&js, &options.work_subjects, options.ack_wait);
-            match tokio::time::timeout(Duration::from_secs(10), opened).await {
-                Ok(Ok(queue)) => work = Some(queue),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "no durable work queue (is JetStream enabled? nats-server -js); a run needs a live worker")
-                }
-                Err(_) => tracing::warn!("JetStream did not answer; no durable work queue"),
-            }
-        }
+        let work = if options.work_subjects.is_empty() {
+            None
+        } else {
+            open_work_queue(&js, &options).await?
+        };
         Ok(NatsBroker {
             client,
             replay,
@@ -154,6 +148,35 @@ impl NatsBroker {
     /// Messages NATS dropped because a subscription could not keep up.
     pub fn slow_consumer_events(&self) -> u64 {
         self.slow.load(Ordering::Relaxed)
+    }
+}
+
+/// Opens the durable work queue. Without JetStream on the server, runs
+/// are at most once and need a live worker (logged). Any other failure is
+/// retried for a minute and then fatal: a process on plain subscriptions
+/// beside others on the work queue would take every request twice.
+async fn open_work_queue(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+) -> Result<Option<WorkQueue>, BrokerError> {
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let opened = WorkQueue::open(js, &options.work_subjects, options.ack_wait);
+        let why = match tokio::time::timeout(Duration::from_secs(10), opened).await {
+            Ok(Ok(queue)) => return Ok(Some(queue)),
+            Ok(Err(e)) => e,
+            Err(_) => "JetStream did not answer".to_owned(),
+        };
+        let lower = why.to_lowercase();
+        if lower.contains("not enabled") || lower.contains("no responders") {
+            tracing::warn!(error = %why, "JetStream is off (nats-server -js turns it on): no durable work queue, so a run needs a live worker");
+            return Ok(None);
+        }
+        if std::time::Instant::now() >= until {
+            return Err(BrokerError::Unavailable(format!("NATS work queue: {why}")));
+        }
+        tracing::warn!(error = %why, "could not open the durable work queue; retrying");
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -223,7 +246,10 @@ impl Broker for NatsBroker {
                 // Stored before it counts as published.
                 let unstored =
                     |e: String| BrokerError::Unavailable(format!("NATS work queue: {e}"));
-                js.publish(envelope.name.clone(), payload.clone())
+                // The envelope id lets JetStream drop a retried copy.
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", envelope.id.as_str());
+                js.publish_with_headers(envelope.name.clone(), headers, payload.clone())
                     .await
                     .map_err(|e| unstored(e.to_string()))?
                     .await
@@ -254,11 +280,11 @@ impl Broker for NatsBroker {
             let fail = |e: async_nats::SubscribeError| {
                 BrokerError::Unavailable(format!("NATS subscribe: {e}"))
             };
-            if let (Some(work), Delivery::Unicast { group }, true, None) =
+            if let (Some(work), Delivery::Unicast { .. }, true, None) =
                 (&this.work, &spec.delivery, spec.follow, &spec.identity)
             {
                 if work.covers(&spec.name) {
-                    return work.consume(&spec.name, group).await;
+                    return work.consume(&spec.name).await;
                 }
             }
             // Live first, so nothing published during the replay is missed.
@@ -329,7 +355,7 @@ impl Broker for NatsBroker {
     ) -> LocalBoxFuture<'static, Result<Claim, BrokerError>> {
         match &self.work {
             Some(work) => work.claim(key, record),
-            None => async { Ok(Claim::Won) }.boxed_local(),
+            None => async { Ok(Claim::Won { revision: 0 }) }.boxed_local(),
         }
     }
 
@@ -337,10 +363,11 @@ impl Broker for NatsBroker {
         &self,
         key: &str,
         record: ClaimRecord,
-    ) -> LocalBoxFuture<'static, Result<(), BrokerError>> {
+        expected: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<Option<u64>, BrokerError>> {
         match &self.work {
-            Some(work) => work.update_claim(key, record),
-            None => async { Ok(()) }.boxed_local(),
+            Some(work) => work.update_claim(key, record, expected),
+            None => async { Ok(Some(0)) }.boxed_local(),
         }
     }
 }

@@ -118,21 +118,23 @@ impl WorkQueue {
         self.subjects.iter().any(|p| subject_matches(p, name))
     }
 
-    /// Takes `name`'s requests as member of `group`: one durable consumer
-    /// per group and subject, shared by every member.
-    pub async fn consume(&self, name: &str, group: &str) -> Result<EventStream, BrokerError> {
-        let clean = |s: &str| -> String {
-            s.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        };
-        let durable = format!("{}__{}", clean(group), clean(name));
+    /// Takes `name`'s requests. A work-queue stream allows one consumer
+    /// per subject, so there is one durable consumer per subject, shared
+    /// by every subscriber of it whatever its group (a subject has one
+    /// kind of consumer: the routers of `bus.containers`, the workers of
+    /// `bus.docker`).
+    pub async fn consume(&self, name: &str) -> Result<EventStream, BrokerError> {
+        let clean: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let durable = format!("work__{clean}");
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
             filter_subject: name.to_owned(),
@@ -142,11 +144,18 @@ impl WorkQueue {
             max_ack_pending: 10_000,
             ..Default::default()
         };
-        let consumer = self
+        let consumer: consumer::PullConsumer = self
             .stream
-            .get_or_create_consumer(&durable, config)
+            .get_or_create_consumer(&durable, config.clone())
             .await
             .map_err(|e| unavailable("work-queue consumer", e))?;
+        if consumer.cached_info().config.ack_wait != self.ack_wait {
+            // Made by a process with another --nats-ack-wait: the server's
+            // value would govern redelivery, so make it this one.
+            if let Err(e) = self.stream.update_consumer(config).await {
+                tracing::error!(consumer = %durable, error = %e, "the work-queue consumer keeps another ack wait than --nats-ack-wait; give every process the same value");
+            }
+        }
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.batch)
@@ -184,7 +193,7 @@ impl WorkQueue {
         async move {
             let value = serde_json::to_vec(&record).expect("a claim serialises");
             match kv.create(&key, value.into()).await {
-                Ok(_) => return Ok(Claim::Won),
+                Ok(revision) => return Ok(Claim::Won { revision }),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(unavailable("claim", e)),
             }
@@ -195,12 +204,9 @@ impl WorkQueue {
                 .ok_or_else(|| unavailable("claim", "the claim vanished"))?;
             let record: ClaimRecord = serde_json::from_slice(&entry.value)
                 .map_err(|e| unavailable("claim", format!("unreadable claim: {e}")))?;
-            let age = (time::OffsetDateTime::now_utc() - entry.created)
-                .whole_milliseconds()
-                .max(0) as u64;
             Ok(Claim::Held {
                 record,
-                age: Duration::from_millis(age),
+                revision: entry.revision,
             })
         }
         .boxed_local()
@@ -210,15 +216,26 @@ impl WorkQueue {
         &self,
         key: &str,
         record: ClaimRecord,
-    ) -> LocalBoxFuture<'static, Result<(), BrokerError>> {
+        expected: Option<u64>,
+    ) -> LocalBoxFuture<'static, Result<Option<u64>, BrokerError>> {
         let kv = self.claims.clone();
         let key = key.to_owned();
         async move {
-            let value = serde_json::to_vec(&record).expect("a claim serialises");
-            kv.put(&key, value.into())
-                .await
-                .map(|_| ())
-                .map_err(|e| unavailable("claim", e))
+            let value: bytes::Bytes = serde_json::to_vec(&record)
+                .expect("a claim serialises")
+                .into();
+            match expected {
+                None => kv
+                    .put(&key, value)
+                    .await
+                    .map(Some)
+                    .map_err(|e| unavailable("claim", e)),
+                Some(revision) => match kv.update(&key, value, revision).await {
+                    Ok(revision) => Ok(Some(revision)),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                    Err(e) => Err(unavailable("claim", e)),
+                },
+            }
         }
         .boxed_local()
     }

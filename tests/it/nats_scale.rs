@@ -231,19 +231,21 @@ async fn load(bases: &[String], n: usize, concurrency: usize, tag: &str) -> Vec<
         .iter()
         .map(|a| format!("{a}/api/v1/containers/runs"))
         .collect();
-    futures::stream::iter(0..n)
+    let mut done: Vec<(usize, u16, Value)> = futures::stream::iter(0..n)
         .map(|i| {
             let url = urls[i % urls.len()].clone();
             let t = token(&format!("acct{}", i % 7), ALL);
             let body = json!({"profile": "codex", "args": ["printf", format!("{tag}{i}")], "timeout_seconds": 20}).to_string();
             async move {
                 let (s, _, r) = call("POST", &url, Some(&t), Some(&body)).await;
-                (s, r)
+                (i, s, r)
             }
         })
-        .buffered(concurrency)
-        .collect()
-        .await
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    done.sort_by_key(|(i, _, _)| *i);
+    done.into_iter().map(|(_, s, r)| (s, r)).collect()
 }
 
 #[actix_rt::test]

@@ -17,19 +17,18 @@ use super::pool::{self as warm, PoolConfig, WarmPool};
 use super::runner::{self, ListLive, Runner, RunnerConfig, RunnerState};
 use super::session::{Cancel, ContainerSession, SessionContext, SessionNote, WriteInput};
 use super::subscription::{self, Delivered, Subscription};
-use crate::broker::{
-    claim_key, Ack, BrokerError, Claim, ClaimRecord, Event, SharedBroker, SubscribeSpec,
-};
+use crate::broker::{run_id_of_envelope, BrokerError, Event, SharedBroker, SubscribeSpec};
 use crate::containers::owner::effective_owner;
-use crate::containers::{
-    error_payload, static_provider, Kind, HEARTBEAT_EVERY, RUN_GRACE, WORKER_GROUP,
-};
+use crate::containers::{error_payload, static_provider, Kind, HEARTBEAT_EVERY, WORKER_GROUP};
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
 use crate::request::Requester;
 use crate::runtime::SharedRuntime;
 use crate::worker::plan::{plan_run, RunPlan, RunRequest, WorkerSettings};
 use actix::prelude::*;
+use durable::{settle, Task};
 use serde_json::{json, Value};
+
+mod durable;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,24 +81,6 @@ struct Live {
     task: Option<Task>,
 }
 
-/// A durable run request this worker has claimed.
-struct Task {
-    ack: Arc<dyn Ack>,
-    key: String,
-    claim: ClaimRecord,
-}
-
-fn settle(
-    what: &'static str,
-    fut: futures::future::LocalBoxFuture<'static, Result<(), BrokerError>>,
-) {
-    actix_rt::spawn(async move {
-        if let Err(e) = fut.await {
-            tracing::warn!(error = %e, "could not {what}");
-        }
-    });
-}
-
 /// The worker actor.
 pub struct DockerWorker {
     config: WorkerConfig,
@@ -111,6 +92,18 @@ pub struct DockerWorker {
     pending: usize,
     /// The ack wait of durable run requests, when they are.
     durable: Option<Duration>,
+    /// This process (a fresh id per start): claims and pool containers
+    /// name it.
+    instance: String,
+    /// Claims of durable runs being made (no second delivery races them).
+    claiming: HashSet<String>,
+    /// Runs whose reply is being settled, and how many settles are in
+    /// flight (a stop waits for them).
+    settling: HashSet<String>,
+    settles: usize,
+    /// Claims of other processes seen on redelivery: key → (revision,
+    /// first seen at it). One that stands still for the ack wait is lost.
+    suspects: HashMap<String, (u64, std::time::Instant)>,
     runner: Option<Addr<Runner>>,
     runner_state: Option<watch::Receiver<RunnerState>>,
     /// Idle containers per profile, when any profile has `pool_size`.
@@ -154,8 +147,8 @@ impl DockerWorker {
         let prefix = config.prefix.clone();
         let worker_id = config.worker_id().to_owned();
         let durable = broker.durable(&Kind::Run.request(&prefix));
-        let pool_config =
-            PoolConfig::from_settings(&config.settings, uuid::Uuid::new_v4().simple().to_string());
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let pool_config = PoolConfig::from_settings(&config.settings, instance.clone());
         let addr = DockerWorker {
             config,
             engine,
@@ -163,6 +156,11 @@ impl DockerWorker {
             sessions: HashMap::new(),
             pending: 0,
             durable,
+            instance,
+            claiming: HashSet::new(),
+            settling: HashSet::new(),
+            settles: 0,
+            suspects: HashMap::new(),
             pool: None,
             pool_config,
             runner: None,
@@ -230,7 +228,7 @@ impl DockerWorker {
     }
 
     fn reply(
-        &self,
+        &mut self,
         kind: Kind,
         correlation_id: Option<String>,
         payload: Value,
@@ -242,46 +240,16 @@ impl DockerWorker {
         self.reply_then(kind, Some(correlation_id), payload, None, ctx);
     }
 
-    /// Publishes a reply; then, for a durable request, marks its claim
-    /// done and acknowledges it (a redelivery finds it answered).
-    fn reply_then(
-        &self,
-        kind: Kind,
-        correlation_id: Option<String>,
-        mut payload: Value,
-        task: Option<Task>,
+    /// A run's final answer; a durable request is acknowledged with it.
+    fn answer(
+        &mut self,
+        corr: Option<String>,
+        reply: Value,
+        ack: Option<std::sync::Arc<dyn crate::broker::Ack>>,
         ctx: &mut Context<Self>,
     ) {
-        if let Some(obj) = payload.as_object_mut() {
-            // Every reply names its worker (the router's gather needs it);
-            // a `lost` reply names the run's worker.
-            obj.entry("worker_id")
-                .or_insert_with(|| json!(self.config.worker_id()));
-        }
-        let publication = correlation_id.map(|c| {
-            Publication::new(kind.response(&self.config.prefix), payload).with_correlation(c)
-        });
-        let publisher = self.publisher.clone();
-        let broker = publisher.broker().clone();
-        ctx.spawn(
-            async move {
-                if let Some(publication) = publication {
-                    if let Err(e) = publisher.publish(publication).await {
-                        tracing::error!(error = %e, "could not publish a reply");
-                    }
-                }
-                if let Some(mut task) = task {
-                    task.claim.done = true;
-                    if let Err(e) = broker.update_claim(&task.key, task.claim).await {
-                        tracing::warn!(error = %e, "could not mark a claim done");
-                    }
-                    if let Err(e) = task.ack.done().await {
-                        tracing::warn!(error = %e, "could not acknowledge a durable request");
-                    }
-                }
-            }
-            .into_actor(self),
-        );
+        let task = ack.map(|ack| Task { ack, claim: None });
+        self.reply_then(Kind::Run, corr, reply, task, ctx);
     }
 
     fn on_request(&mut self, kind: Kind, event: &Event, ctx: &mut Context<Self>) {
@@ -351,23 +319,6 @@ impl DockerWorker {
     ) {
         let ack = event.ack().cloned();
         let refuse = |kind, msg: String| error_payload(&ErrorDetail::new(kind, msg));
-        // A final answer: sent, and a durable request is settled with it.
-        let answer = |act: &mut Self, reply: Value, ctx: &mut Context<Self>| {
-            if let Some(ack) = &ack {
-                let task = Task {
-                    ack: ack.clone(),
-                    key: claim_key(&event.id),
-                    claim: ClaimRecord {
-                        holder: act.config.worker_id().to_owned(),
-                        run_id: String::new(),
-                        done: true,
-                    },
-                };
-                act.reply_then(Kind::Run, corr.clone(), reply, Some(task), ctx);
-            } else {
-                act.reply(Kind::Run, corr.clone(), reply, ctx);
-            }
-        };
         if corr.is_none() {
             tracing::warn!(from = %event.identity_id, "run request without a correlation id ignored");
             if let Some(ack) = &ack {
@@ -375,25 +326,21 @@ impl DockerWorker {
             }
             return;
         }
-        let request: RunRequest = match serde_json::from_value(event.payload.clone()) {
+        let mut request: RunRequest = match serde_json::from_value(event.payload.clone()) {
             Ok(r) => r,
             Err(e) => {
                 let reply = refuse(ErrorType::BadRequest, format!("invalid run request: {e}"));
-                return answer(self, reply, ctx);
+                return self.answer(corr, reply, ack, ctx);
             }
         };
+        if ack.is_some() && request.run_id.as_deref().is_none_or(str::is_empty) {
+            // Every delivery of this request must name the same run.
+            request.run_id = Some(run_id_of_envelope(&event.id));
+        }
         let plan = match plan_run(&request, &owner, &self.config.settings) {
             Ok(p) => p,
-            Err(e) => return answer(self, error_payload(&e), ctx),
+            Err(e) => return self.answer(corr, error_payload(&e), ack, ctx),
         };
-        if let Some(ack) = &ack {
-            if waited_too_long(event, &plan) {
-                // Its requester has given up (and recorded it lost).
-                tracing::warn!(run_id = %plan.run_id, published = %event.time, "dropping a queued run past its deadline");
-                settle("acknowledge a durable request", ack.done());
-                return;
-            }
-        }
         let busy = if self.stopping {
             Some("the worker is stopping".to_owned())
         } else if self.state() == RunnerState::Unavailable {
@@ -416,107 +363,19 @@ impl DockerWorker {
                 settle("return a durable request", ack.retry_later(delay));
                 return;
             }
-            return answer(self, refuse(ErrorType::Unavailable, why), ctx);
+            return self.answer(corr, refuse(ErrorType::Unavailable, why), None, ctx);
         }
-        if self.sessions.contains_key(&plan.run_id) {
-            if ack.is_some() {
-                // A redelivery of a run this worker is running: its first
-                // delivery is still being kept alive and will be settled.
-                return;
+        match ack {
+            Some(ack) => self.claim_run(event, plan, owner, corr, ack, ctx),
+            None if self.sessions.contains_key(&plan.run_id) => {
+                let reply = refuse(
+                    ErrorType::BadRequest,
+                    format!("run {} is already running", plan.run_id),
+                );
+                self.answer(corr, reply, None, ctx)
             }
-            let reply = refuse(
-                ErrorType::BadRequest,
-                format!("run {} is already running", plan.run_id),
-            );
-            return answer(self, reply, ctx);
+            None => self.start_session(plan, owner, corr, None, ctx),
         }
-        let Some(ack) = ack else {
-            return self.start_session(plan, owner, corr, None, ctx);
-        };
-        let key = claim_key(&event.id);
-        let claim = ClaimRecord {
-            holder: self.config.worker_id().to_owned(),
-            run_id: plan.run_id.clone(),
-            done: false,
-        };
-        self.pending += 1;
-        let claiming = self.publisher.broker().claim(&key, claim.clone());
-        let payload = event.payload.clone();
-        ctx.spawn(claiming.into_actor(self).map(move |res, act, ctx| {
-            act.pending -= 1;
-            match res {
-                Ok(Claim::Won) => {
-                    let task = Task { ack, key, claim };
-                    if act.stopping {
-                        let reply = refuse(ErrorType::Unavailable, "the worker is stopping".into());
-                        return act.reply_then(Kind::Run, corr, reply, Some(task), ctx);
-                    }
-                    act.start_session(plan, owner, corr, Some(task), ctx);
-                }
-                Ok(Claim::Held { record, age }) => {
-                    act.on_claimed(record, age, Task { ack, key, claim }, &payload, owner, corr, ctx)
-                }
-                Err(e) => {
-                    tracing::warn!(run_id = %plan.run_id, error = %e, "could not claim a durable run; it stays queued");
-                    settle("return a durable request", ack.retry_later(Duration::from_secs(1)));
-                }
-            }
-        }));
-    }
-
-    /// A durable run somebody claimed first: answered already, running
-    /// (here or on a live worker), or lost with a worker that is gone.
-    #[allow(clippy::too_many_arguments)]
-    fn on_claimed(
-        &mut self,
-        held: ClaimRecord,
-        age: Duration,
-        task: Task,
-        payload: &Value,
-        owner: String,
-        corr: Option<String>,
-        ctx: &mut Context<Self>,
-    ) {
-        let me = self.config.worker_id();
-        let ack_wait = self.durable.unwrap_or(Duration::from_secs(30));
-        if held.done {
-            return settle("acknowledge a durable request", task.ack.done());
-        }
-        if held.holder == me && self.sessions.contains_key(&held.run_id) {
-            return; // Running here; its first delivery is kept alive.
-        }
-        if held.holder != me && age < ack_wait {
-            // Its worker kept the claim fresh lately: look again later.
-            return settle(
-                "return a durable request",
-                task.ack.retry_later(ack_wait / 2),
-            );
-        }
-        tracing::warn!(run_id = %held.run_id, worker_id = %held.holder, "a claimed run's worker is gone; recording it lost (never re-run)");
-        let reply = json!({
-            "run_id": held.run_id,
-            "owner_account_id": owner,
-            "worker_id": held.holder,
-            "runner_name": self.config.runner_name,
-            "image": payload.get("image").or(payload.get("profile")).cloned().unwrap_or(json!("")),
-            "args": payload.get("args").cloned().unwrap_or(json!([])),
-            "exit_code": null,
-            "state": "lost",
-            "stdout": "",
-            "stderr": "",
-            "stdout_truncated": false,
-            "stderr_truncated": false,
-            "duration_ms": 0,
-            "started_at": null,
-            "finished_at": now_rfc3339(),
-            "runtime": {"provider": self.runtime().map(|r| r.provider()).unwrap_or("static")},
-            "reason": format!("worker {} stopped while the run was in flight; its outcome is unknown and it is not run again", held.holder),
-        });
-        let task = Task {
-            claim: held,
-            ..task
-        };
-        self.reply_then(Kind::Run, corr, reply, Some(task), ctx);
     }
 
     fn start_session(
@@ -584,20 +443,6 @@ impl DockerWorker {
                 task,
             },
         );
-    }
-
-    /// Keeps the claims and deliveries of running durable runs alive.
-    fn keep_alive(&self) {
-        let broker = self.publisher.broker();
-        for live in self.sessions.values() {
-            if let Some(task) = &live.task {
-                settle("extend a durable request", task.ack.working());
-                settle(
-                    "refresh a claim",
-                    broker.update_claim(&task.key, task.claim.clone()),
-                );
-            }
-        }
     }
 
     fn on_run_request(
@@ -691,18 +536,6 @@ impl DockerWorker {
     }
 }
 
-/// Whether a queued run waited past its requester's deadline (the run's
-/// timeout plus grace, from when it was published).
-fn waited_too_long(event: &Event, plan: &RunPlan) -> bool {
-    let Ok(published) =
-        time::OffsetDateTime::parse(&event.time, &time::format_description::well_known::Rfc3339)
-    else {
-        return false;
-    };
-    let waited = time::OffsetDateTime::now_utc() - published;
-    waited > plan.timeout + RUN_GRACE
-}
-
 impl Actor for DockerWorker {
     type Context = Context<Self>;
 
@@ -748,7 +581,7 @@ impl Actor for DockerWorker {
         ctx.run_later(Duration::from_millis(300), |act, _| act.heartbeat());
         ctx.run_interval(self.config.heartbeat_every, |act, _| act.heartbeat());
         if let Some(ack_wait) = self.durable {
-            ctx.run_interval(ack_wait / 3, |act, _| act.keep_alive());
+            ctx.run_interval(ack_wait / 3, |act, ctx| act.keep_alive(ctx));
         }
     }
 
@@ -851,7 +684,8 @@ impl Handler<Shutdown> for DockerWorker {
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             let mut done = false;
             ctx.run_interval(Duration::from_millis(50), move |act, ctx| {
-                if done || !(act.sessions.is_empty() || std::time::Instant::now() >= deadline) {
+                let idle = act.sessions.is_empty() && act.settles == 0 && act.pending == 0;
+                if done || !(idle || std::time::Instant::now() >= deadline) {
                     return;
                 }
                 done = true;
