@@ -204,8 +204,10 @@ impl ContainerSession {
         self.finish_with(json!({ "error": detail }), ctx);
     }
 
-    /// Removes the container, then replies (a result means the container is
-    /// gone), then stops.
+    /// Removes the container, then replies (a cold run's result means its
+    /// container is gone), then stops. A pooled run replies first: its
+    /// process has ended, and removing the idle container it ran in is not
+    /// worth the wait (the session still removes it before it stops).
     fn finish_with(&mut self, reply: Value, ctx: &mut Context<Self>) {
         let Some(id) = self.container_id.clone().filter(|_| !self.removed) else {
             self.reply(reply);
@@ -213,6 +215,9 @@ impl ContainerSession {
             return;
         };
         self.removed = true;
+        if self.exec_id.is_some() {
+            self.reply(reply.clone());
+        }
         let runtime = self.cx.runtime.clone();
         ctx.wait(
             async move {
@@ -399,7 +404,9 @@ impl ContainerSession {
         self.finishing = true;
         let id = self.container_id.clone().unwrap_or_default();
         let runtime = self.cx.runtime.clone();
-        ctx.wait(async move { runtime.inspect(&id).await }.into_actor(self).map(move |inspected, act, ctx| {
+        // A pooled run's container outlives its process: nothing to inspect.
+        let pooled = self.exec_id.is_some();
+        ctx.wait(async move { if pooled { Ok(Default::default()) } else { runtime.inspect(&id).await } }.into_actor(self).map(move |inspected, act, ctx| {
             let info = inspected.unwrap_or_default();
             let ending = Ending {
                 exit_code: if code >= 0 { Some(code) } else { info.exit_code },

@@ -1,6 +1,7 @@
 //! `bus bench`: figures measured on this machine, each beside a baseline
 //! taken in the same run. Benchmarks print; they never assert timings.
 
+mod e2e;
 mod events;
 mod nats;
 mod responder;
@@ -21,6 +22,11 @@ pub enum BenchCommand {
     /// Routed request/reply round trip beside a direct one: memory broker
     /// and HTTP Events API.
     Router(router::RouterBenchArgs),
+    /// The stack as a user meets it (`bus dev` with a warm pool): printf
+    /// OK through the REST API and the CLI, cold and pooled, beside
+    /// `docker run --rm` and `docker exec`; status throughput; many runs
+    /// at once.
+    E2e(e2e::E2eBenchArgs),
     /// Routed status throughput on NATS with one and two workers, beside
     /// a direct request, and the cost of reply filtering.
     Nats(nats::NatsBenchArgs),
@@ -34,6 +40,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Events(args) => events::run(args),
         BenchCommand::Router(args) => router::run(args),
         BenchCommand::Nats(args) => nats::run(args),
+        BenchCommand::E2e(args) => e2e::run(args),
         BenchCommand::Worker(args) => worker::run(args),
     }
 }
