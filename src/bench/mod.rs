@@ -6,6 +6,8 @@ mod events;
 mod nats;
 mod responder;
 mod router;
+mod soak;
+mod stack;
 mod stats;
 mod worker;
 
@@ -27,6 +29,10 @@ pub enum BenchCommand {
     /// `docker run --rm` and `docker exec`; status throughput; many runs
     /// at once.
     E2e(e2e::E2eBenchArgs),
+    /// 1,000 runs at concurrency 50 with random cancels, timeouts and
+    /// inputs: each ends in exactly one state, no container is left, and
+    /// memory stays flat (fails otherwise).
+    Soak(soak::SoakArgs),
     /// Routed status throughput on NATS with one and two workers, beside
     /// a direct request, and the cost of reply filtering.
     Nats(nats::NatsBenchArgs),
@@ -41,6 +47,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Router(args) => router::run(args),
         BenchCommand::Nats(args) => nats::run(args),
         BenchCommand::E2e(args) => e2e::run(args),
+        BenchCommand::Soak(args) => soak::run(args),
         BenchCommand::Worker(args) => worker::run(args),
     }
 }
