@@ -56,7 +56,7 @@ impl Plan {
         match (i * 7) % 16 {
             0 | 1 => Plan::Timeout,
             2 | 3 => Plan::Cancel,
-            4 | 5 | 6 => Plan::Input,
+            4..=6 => Plan::Input,
             7 => Plan::Fails,
             _ => Plan::Plain,
         }
