@@ -13,6 +13,7 @@ mod dev_stack;
 mod docker_pool;
 mod docker_worker;
 mod events_api;
+mod faults;
 mod http_listener;
 mod memory_broker;
 mod nats_backend;
