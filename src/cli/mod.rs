@@ -1,7 +1,7 @@
 //! The `bus` command line: BusDK's command names, one binary. Invoked as
 //! `bus-<group>-<name>` (a link), it behaves as `bus <group> <name>`.
 
-mod busfile;
+pub mod busfile;
 pub mod containers;
 pub mod dev;
 mod events;

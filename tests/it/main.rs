@@ -14,6 +14,7 @@ mod docker_pool;
 mod docker_worker;
 mod events_api;
 mod faults;
+mod fuzz;
 mod http_listener;
 mod memory_broker;
 mod nats_backend;
