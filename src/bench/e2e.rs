@@ -42,6 +42,9 @@ pub struct E2eBenchArgs {
     /// Print the results as JSON too.
     #[arg(long)]
     pub json: bool,
+    /// Also write the results as JSON to this file (for charts).
+    #[arg(long)]
+    pub json_out: Option<std::path::PathBuf>,
 }
 
 const COMMAND: [&str; 3] = ["sh", "-c", "printf OK"];
@@ -312,14 +315,13 @@ async fn measure(args: &E2eBenchArgs, stack: &Stack, idle: &str) -> Result<(), F
         }
         concurrent = json!({"runs": args.concurrent, "succeeded": ok.len(), "wall_s": wall.as_secs_f64(), "p50_us": s.p50_us, "p99_us": s.p99_us, "peak_rss_mib": rss});
     }
+    let all = json!({"latency": rows, "status": status, "concurrent": concurrent});
+    let text = serde_json::to_string_pretty(&all).unwrap_or_default();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"latency": rows, "status": status, "concurrent": concurrent})
-            )
-            .unwrap_or_default()
-        );
+        println!("{text}");
+    }
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &text)?;
     }
     Ok(())
 }
