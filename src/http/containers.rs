@@ -177,6 +177,38 @@ fn finished_lines(result: &Value) -> Vec<bytes::Bytes> {
     out
 }
 
+/// What a log stream has sent of each output stream.
+#[derive(Default)]
+struct Streamed {
+    bytes: [usize; 2],
+    next_seq: u64,
+}
+
+impl Streamed {
+    fn count(&mut self, c: &crate::actors::live_runs::LogChunk) {
+        let i = usize::from(c.stream == "stderr");
+        self.bytes[i] += c.data.len();
+        self.next_seq = self.next_seq.max(c.seq + 1);
+    }
+
+    /// The part of the result's output past what was sent.
+    fn rest_of(&mut self, result: &Value) -> Vec<crate::actors::live_runs::LogChunk> {
+        let mut out = Vec::new();
+        for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
+            let text = result.get(stream).and_then(Value::as_str).unwrap_or("");
+            if let Some(rest) = text.get(self.bytes[i]..).filter(|r| !r.is_empty()) {
+                out.push(crate::actors::live_runs::LogChunk {
+                    seq: self.next_seq,
+                    stream: stream.into(),
+                    data: rest.to_owned(),
+                });
+                self.next_seq += 1;
+            }
+        }
+        out
+    }
+}
+
 async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_READ)?;
     let q = query_map(&req)?;
@@ -201,24 +233,32 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
             match rx {
                 None => head.boxed_local(),
                 Some(rx) => {
-                    let tail = tokio_stream::wrappers::ReceiverStream::new(rx).scan(
-                        false,
-                        |ended, item| {
+                    let mut sent = Streamed::default();
+                    so_far.iter().for_each(|c| sent.count(c));
+                    let tail = tokio_stream::wrappers::ReceiverStream::new(rx)
+                        .scan((false, sent), move |(ended, sent), item| {
                             if *ended {
                                 return futures::future::ready(None);
                             }
                             let out = match item {
                                 LogItem::Chunk(c) => {
-                                    line(&serde_json::to_value(c).unwrap_or_default())
+                                    sent.count(&c);
+                                    vec![line(&serde_json::to_value(c).unwrap_or_default())]
                                 }
                                 LogItem::Exit(result) => {
                                     *ended = true;
-                                    line(&exit_line(&result))
+                                    // Output the events did not carry (a backend that
+                                    // streams none, or events dropped under load)
+                                    // comes from the result, then the exit line.
+                                    let mut lines: Vec<bytes::Bytes> =
+                                        sent.rest_of(&result).iter().map(chunk_line).collect();
+                                    lines.push(line(&exit_line(&result)));
+                                    lines
                                 }
                             };
-                            futures::future::ready(Some(out))
-                        },
-                    );
+                            futures::future::ready(Some(futures::stream::iter(out)))
+                        })
+                        .flatten();
                     head.chain(tail).boxed_local()
                 }
             }
@@ -346,4 +386,43 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: ContainersApi) {
                 .route(web::delete().to(runner_delete))
                 .default_service(not_allowed("GET, POST, DELETE")),
         );
+}
+
+#[cfg(test)]
+mod streamed_tests {
+    use super::Streamed;
+    use crate::actors::live_runs::LogChunk;
+    use serde_json::json;
+
+    fn chunk(seq: u64, stream: &str, data: &str) -> LogChunk {
+        LogChunk {
+            seq,
+            stream: stream.into(),
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn the_result_fills_in_what_the_events_did_not_carry() {
+        let result = json!({"stdout": "hello world", "stderr": "oops"});
+        // No events at all (a backend that streams none): all of it.
+        let rest = Streamed::default().rest_of(&result);
+        assert_eq!(
+            rest,
+            vec![
+                chunk(0, "stdout", "hello world"),
+                chunk(1, "stderr", "oops")
+            ]
+        );
+        // Some events: only the remainder, numbered after them.
+        let mut sent = Streamed::default();
+        sent.count(&chunk(0, "stdout", "hello"));
+        sent.count(&chunk(1, "stderr", "oops"));
+        assert_eq!(sent.rest_of(&result), vec![chunk(2, "stdout", " world")]);
+        // Everything came as events: nothing more.
+        let mut all = Streamed::default();
+        all.count(&chunk(0, "stdout", "hello world"));
+        all.count(&chunk(1, "stderr", "oops"));
+        assert!(all.rest_of(&result).is_empty());
+    }
 }
