@@ -271,13 +271,18 @@ impl Handler<Reap> for Runner {
         let live = self.live.clone();
         let pool = self.config.pool_instance.clone();
         Box::pin(async move {
+            // Runs held before the listing or after it are not orphans: a
+            // run that ends meanwhile has its container removed by its own
+            // session (asking only after would call that one an orphan).
+            let before = live.send(ListLive).await.unwrap_or_default();
             let Ok(all) = runtime.list_managed(&worker).await else {
                 return 0;
             };
             if all.is_empty() {
                 return 0;
             }
-            let held = live.send(ListLive).await.unwrap_or_default();
+            let mut held = live.send(ListLive).await.unwrap_or_default();
+            held.extend(before);
             let mut removed = 0;
             for c in all
                 .into_iter()
