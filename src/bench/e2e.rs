@@ -15,6 +15,7 @@
 
 use super::stack::Stack;
 use super::stats::{print_table, Summary};
+use super::worker::docker_run;
 use crate::cli::Failure;
 use crate::config::DEFAULT_IMAGE;
 use clap::Args;
@@ -181,22 +182,7 @@ async fn measure(args: &E2eBenchArgs, stack: &Stack, idle: &str) -> Result<(), F
     let mut rows = Vec::new();
     rows.push(summary(
         "docker run --rm --network none (baseline)",
-        samples(n, Duration::ZERO, || async {
-            timed(
-                "docker run",
-                docker(&[
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
-                    image,
-                    "sh",
-                    "-c",
-                    "printf OK",
-                ]),
-            )
-        })
-        .await?,
+        samples(n, Duration::ZERO, || async { docker_run(image) }).await?,
     ));
     rows.push(summary(
         "docker exec into a running container",

@@ -33,7 +33,9 @@ pub struct WorkerBenchArgs {
     pub json: bool,
 }
 
-fn docker_run(image: &str) -> Result<Duration, Failure> {
+/// One `docker run --rm --network none IMAGE sh -c 'printf OK'`, timed:
+/// the baseline the worker and end-to-end benchmarks compare against.
+pub(super) fn docker_run(image: &str) -> Result<Duration, Failure> {
     let t0 = Instant::now();
     let out = std::process::Command::new("docker")
         .args([

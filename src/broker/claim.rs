@@ -37,7 +37,9 @@ pub enum Claim {
     Held { record: ClaimRecord, revision: u64 },
 }
 
-fn clean(text: &str) -> String {
+/// `text` kept to letters, digits, '-' and '_' (anything else becomes
+/// '_'): safe in a key-value key and in a JetStream consumer name.
+pub(crate) fn clean(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

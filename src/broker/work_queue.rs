@@ -124,17 +124,7 @@ impl WorkQueue {
     /// kind of consumer: the routers of `bus.containers`, the workers of
     /// `bus.docker`).
     pub async fn consume(&self, name: &str) -> Result<EventStream, BrokerError> {
-        let clean: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let durable = format!("work__{clean}");
+        let durable = format!("work__{}", super::claim::clean(name));
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
             filter_subject: name.to_owned(),

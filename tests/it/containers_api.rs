@@ -209,21 +209,14 @@ async fn another_account_can_touch_nothing() {
         .unwrap()
         .starts_with("w-"));
     // Alice's run is untouched: her input reaches it.
-    let mut accepted = json!(null);
-    for _ in 0..50 {
-        let (s, _, b) = call(
-            "POST",
-            &run("/input"),
-            Some(&alice),
-            Some(r#"{"data":"mine","eof":true}"#),
-        )
-        .await;
-        accepted = b;
-        if s == 200 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_, accepted) = post_until_ok(
+        &run("/input"),
+        &alice,
+        r#"{"data":"mine","eof":true}"#,
+        50,
+        Duration::from_millis(20),
+    )
+    .await;
     assert_eq!(
         accepted,
         json!({"accepted": true, "run_id": id, "bytes": 4})
@@ -461,21 +454,15 @@ async fn logs_follow_wait_and_input() {
         }
         text
     });
-    let mut sent = false;
-    for _ in 0..50 {
-        let (s, _, _) = call(
-            "POST",
-            &run("/input"),
-            Some(&t),
-            Some(r#"{"data":"line one\n"}"#),
-        )
-        .await;
-        if s == 200 {
-            sent = true;
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (status, _) = post_until_ok(
+        &run("/input"),
+        &t,
+        r#"{"data":"line one\n"}"#,
+        50,
+        Duration::from_millis(20),
+    )
+    .await;
+    let sent = status == 200;
     assert!(sent);
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     let (s, _, _) = call(

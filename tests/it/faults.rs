@@ -9,7 +9,7 @@
 //!   `unavailable` and refuses runs with `unavailable` (nothing hangs),
 //!   then recovers by itself and runs again.
 
-use crate::support::api::{call, token, ALL};
+use crate::support::api::{call, post_until_ok, token, ALL};
 use crate::support::docker::{engine, IMAGE};
 use crate::support::*;
 use serde_json::{json, Value};
@@ -118,15 +118,15 @@ async fn faults_events_api_restarted_mid_flight() {
         async move { call("POST", &runs, Some(&t), Some(body)).await }
     };
     // Up: a run works.
-    let mut first = json!(null);
-    for _ in 0..100 {
-        let (s, _, r) = post(r#"{"profile":"codex","args":["printf","up"]}"#).await;
-        first = r;
-        if s == 200 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    let every = Duration::from_millis(200);
+    let (_, first) = post_until_ok(
+        &runs,
+        &t,
+        r#"{"profile":"codex","args":["printf","up"]}"#,
+        100,
+        every,
+    )
+    .await;
     assert_eq!(first["stdout"], "up", "{first}");
 
     // Runs in flight when the Events API goes away and comes back.
@@ -172,15 +172,14 @@ async fn faults_events_api_restarted_mid_flight() {
         "{states:?}"
     );
     // Back: runs work again.
-    let mut after = json!(null);
-    for _ in 0..100 {
-        let (s, _, r) = post(r#"{"profile":"codex","args":["printf","back"]}"#).await;
-        after = r;
-        if s == 200 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_, after) = post_until_ok(
+        &runs,
+        &t,
+        r#"{"profile":"codex","args":["printf","back"]}"#,
+        100,
+        every,
+    )
+    .await;
     assert_eq!(after["stdout"], "back", "{after}");
 }
 

@@ -3,7 +3,7 @@
 //! whole stack as processes talking `nats://`.
 
 use crate::broker_conformance::suite;
-use crate::support::api::{token, ALL};
+use crate::support::api::{post_until_ok, token, ALL};
 use crate::support::nats::NatsServer;
 use crate::support::*;
 use bus_containers::auth::{Acl, Secrets, Verifier, AUDIENCE_API};
@@ -177,21 +177,16 @@ async fn the_stack_as_processes_on_nats_and_readiness_across_a_restart() {
     .env("BUS_API_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
     let api = Process::spawn(api);
     let t = token("alice", ALL);
-    let mut result = json!(null);
-    for _ in 0..50 {
-        let (s, _, r) = crate::support::api::call(
-            "POST",
-            &format!("{}/api/v1/containers/runs", api.url()),
-            Some(&t),
-            Some(r#"{"profile":"codex","args":["printf","OK"]}"#),
-        )
-        .await;
-        result = r;
-        if s == 200 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    let runs = format!("{}/api/v1/containers/runs", api.url());
+    let every = Duration::from_millis(200);
+    let (_, result) = post_until_ok(
+        &runs,
+        &t,
+        r#"{"profile":"codex","args":["printf","OK"]}"#,
+        50,
+        every,
+    )
+    .await;
     assert_eq!(result["stdout"], "static: printf OK", "{result}");
     assert_eq!(result["worker_id"], "nats-w1");
     // NATS goes away: readiness drops; it comes back: readiness recovers.
@@ -222,21 +217,14 @@ async fn the_stack_as_processes_on_nats_and_readiness_across_a_restart() {
         }
         assert!(back, "the {what} reconnects");
     }
-    let mut after = json!(null);
-    for _ in 0..50 {
-        let (s, _, r) = crate::support::api::call(
-            "POST",
-            &format!("{}/api/v1/containers/runs", api.url()),
-            Some(&t),
-            Some(r#"{"profile":"codex","args":["printf","again"]}"#),
-        )
-        .await;
-        after = r;
-        if s == 200 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_, after) = post_until_ok(
+        &runs,
+        &t,
+        r#"{"profile":"codex","args":["printf","again"]}"#,
+        50,
+        every,
+    )
+    .await;
     assert_eq!(after["stdout"], "static: printf again", "{after}");
 }
 

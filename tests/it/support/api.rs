@@ -196,3 +196,25 @@ pub async fn call(
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (resp.status().as_u16(), retry, json)
 }
+
+/// POSTs `body` until it is answered 200 (a stack that is coming up or
+/// reconnecting answers 503 meanwhile), at most `tries` times, `every`
+/// apart; the last status and body.
+pub async fn post_until_ok(
+    url: &str,
+    token: &str,
+    body: &str,
+    tries: usize,
+    every: Duration,
+) -> (u16, Value) {
+    let mut last = (0, Value::Null);
+    for _ in 0..tries {
+        let (s, _, b) = call("POST", url, Some(token), Some(body)).await;
+        last = (s, b);
+        if s == 200 {
+            break;
+        }
+        actix_rt::time::sleep(every).await;
+    }
+    last
+}
