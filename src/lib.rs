@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus registry of a process
 //! - [`http`]: actix-web apps (Events API, probes) and their errors
 //! - [`actors`]: subscriptions, waiters, the router and the workers
+//! - [`egress`]: `bus egress-proxy`, a sandboxed run's allowlisting proxy
 //! - [`worker`]: run planning (profiles, images, hardening) and run results
 //! - [`telemetry`]: logging setup
 //! - [`cli`]: the `bus` command line
@@ -28,6 +29,7 @@ pub mod config;
 pub mod containers;
 pub mod contract;
 pub mod credentials;
+pub mod egress;
 pub mod http;
 pub mod metrics;
 pub mod parse;

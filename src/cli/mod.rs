@@ -4,6 +4,7 @@
 pub mod busfile;
 pub mod containers;
 pub mod dev;
+pub mod egress;
 mod events;
 mod integration;
 pub mod process;
@@ -56,6 +57,10 @@ pub enum Command {
     /// Measure this machine: figures beside baselines taken in the same run.
     #[command(subcommand)]
     Bench(crate::bench::BenchCommand),
+    /// The egress proxy of a sandboxed run: an allowlist of host:port,
+    /// credential headers the agent never sees, a JSON decision log.
+    #[command(name = "egress-proxy")]
+    EgressProxy(egress::EgressProxyArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -232,6 +237,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             done(worker::run_worker(args, worker::Flavour::Podman))
         }
         Command::Operator(OperatorCommand::Token(args)) => done(token::run(args)),
+        Command::EgressProxy(args) => done(egress::run(args)),
         Command::Bench(cmd) => done(crate::bench::run(cmd)),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -12,6 +12,7 @@ mod containers_api;
 mod dev_stack;
 mod docker_pool;
 mod docker_worker;
+mod egress_proxy;
 mod events_api;
 mod faults;
 mod fuzz;
