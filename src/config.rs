@@ -57,6 +57,12 @@ pub struct WorkerSection {
     pub capacity: usize,
     /// A warm-pool container idle this long is replaced by a fresh one.
     pub pool_max_idle_seconds: u64,
+    /// The image whose `bus egress-proxy` is a sandboxed run's sidecar.
+    pub egress_image: String,
+    /// The network the sidecar reaches the outside through.
+    pub egress_network: String,
+    /// A PEM file of extra CAs the proxy trusts upstream (a private CA).
+    pub egress_upstream_ca: Option<String>,
 }
 
 impl Default for WorkerSection {
@@ -68,6 +74,9 @@ impl Default for WorkerSection {
             max_timeout_seconds: 3600,
             capacity: 64,
             pool_max_idle_seconds: 600,
+            egress_image: DEFAULT_EGRESS_IMAGE.into(),
+            egress_network: "bridge".into(),
+            egress_upstream_ca: None,
         }
     }
 }
@@ -164,6 +173,37 @@ impl From<&Mount> for MountSpec {
     }
 }
 
+/// One entry of a profile's `egress` allowlist.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum EgressRoute {
+    /// `"host:port"`.
+    Host(String),
+    /// `{ host = "api.example.com:443", header = "Authorization",
+    /// value_env = "EXAMPLE_TOKEN", prefix = "Bearer " }`: the proxy sets
+    /// the header from the worker's environment; the agent never sees it.
+    Credential(CredentialRoute),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRoute {
+    pub host: String,
+    pub header: String,
+    pub value_env: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+impl EgressRoute {
+    pub fn host(&self) -> &str {
+        match self {
+            EgressRoute::Host(h) => h,
+            EgressRoute::Credential(c) => &c.host,
+        }
+    }
+}
+
 /// `[profiles.NAME]`: a named kind of run.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +227,11 @@ pub struct Profile {
     /// run starts a container cold).
     #[serde(default)]
     pub pool_size: usize,
+    /// A sandboxed network: the run gets an internal network of its own
+    /// whose only way out is an egress proxy allowing these `host:port`
+    /// entries (and credential routes). Empty: `network` decides.
+    #[serde(default)]
+    pub egress: Vec<EgressRoute>,
     /// Overrides of `[defaults]` (any of its keys).
     #[serde(flatten)]
     pub sandbox: SandboxSettings,
@@ -195,6 +240,9 @@ pub struct Profile {
 /// The image `bus dev` and the default codex profile use: built offline by
 /// `scripts/build-test-image`.
 pub const DEFAULT_IMAGE: &str = "bus-busybox:latest";
+
+/// The egress proxy's image: built offline by `scripts/build-egress-image`.
+pub const DEFAULT_EGRESS_IMAGE: &str = "bus-egress:latest";
 
 impl Config {
     /// Parses TOML text; `origin` names it in errors.
@@ -206,7 +254,8 @@ impl Config {
 
     /// `--pool-size N`: every profile keeps `n` warm containers.
     pub fn set_pool_size(&mut self, n: usize) {
-        for profile in self.profiles.values_mut() {
+        // A sandboxed run needs a network of its own: never pooled.
+        for profile in self.profiles.values_mut().filter(|p| p.egress.is_empty()) {
             profile.pool_size = n;
         }
     }
@@ -243,6 +292,11 @@ impl Config {
         if self.worker.pool_max_idle_seconds == 0 {
             return Err("worker.pool_max_idle_seconds must be greater than 0".into());
         }
+        if self.worker.egress_image.trim().is_empty()
+            || self.worker.egress_network.trim().is_empty()
+        {
+            return Err("worker.egress_image and worker.egress_network must not be empty".into());
+        }
         for pattern in &self.worker.allowed_images {
             glob::Pattern::new(pattern)
                 .map_err(|e| format!("worker.allowed_images: {pattern:?}: {e}"))?;
@@ -251,6 +305,30 @@ impl Config {
             crate::contract::validate_name(name).map_err(|_| {
                 format!("profile name {name:?}: use lowercase letters, digits, '_' and '-'")
             })?;
+            if !p.egress.is_empty() {
+                if p.pool_size > 0 {
+                    return Err(format!(
+                        "profiles.{name}: pool_size cannot be used with egress (a sandboxed run gets a network of its own)"
+                    ));
+                }
+                if p.sandbox.network.as_deref().is_some_and(|n| n != "none") {
+                    return Err(format!("profiles.{name}: give network or egress, not both"));
+                }
+                for route in &p.egress {
+                    crate::egress::policy::parse_host_port(route.host())
+                        .map_err(|e| format!("profiles.{name}.egress: {e}"))?;
+                    if let EgressRoute::Credential(c) = route {
+                        crate::egress::Credential::parse(&format!(
+                            "{}={}={}",
+                            c.host, c.header, c.value_env
+                        ))
+                        .map_err(|e| format!("profiles.{name}.egress: {e}"))?;
+                        if c.prefix.contains(['\r', '\n']) {
+                            return Err(format!("profiles.{name}.egress: prefix must be one line"));
+                        }
+                    }
+                }
+            }
             for m in &p.mounts {
                 if !m.source.starts_with('/') || !m.target.starts_with('/') {
                     return Err(format!(
@@ -314,5 +392,39 @@ mod tests {
             "t"
         )
         .is_err());
+        for bad in [
+            "egress = [\"example.com\"]",
+            "egress = [\"a.test:443\"]\nnetwork = \"bridge\"",
+            "egress = [\"a.test:443\"]\npool_size = 1",
+            "egress = [{ host = \"a.test:443\", header = \"Host\", value_env = \"T\" }]",
+            "egress = [{ host = \"a.test:443\", header = \"X\", value_env = \"T\", valeu = 1 }]",
+        ] {
+            let text = format!("[profiles.agent]\nimage = \"x\"\n{bad}");
+            assert!(Config::parse(&text, "t").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn egress_profiles() {
+        let mut c = Config::parse(
+            r#"
+            [profiles.agent]
+            image = "x"
+            egress = ["a.test:443", { host = "api.test:443", header = "Authorization", value_env = "TOKEN", prefix = "Bearer " }]
+            "#,
+            "t",
+        )
+        .unwrap();
+        let p = &c.profiles["agent"];
+        assert_eq!(p.egress[0], EgressRoute::Host("a.test:443".into()));
+        assert!(
+            matches!(&p.egress[1], EgressRoute::Credential(r) if r.value_env == "TOKEN" && r.prefix == "Bearer ")
+        );
+        c.set_pool_size(2);
+        assert_eq!(
+            c.profiles["agent"].pool_size, 0,
+            "sandboxed profiles are never pooled"
+        );
+        assert_eq!(c.worker.egress_image, DEFAULT_EGRESS_IMAGE);
     }
 }

@@ -8,7 +8,8 @@
 //! - [`router::Router`]: public `bus.containers.*` requests → a backend prefix
 //! - [`docker_worker::DockerWorker`]: a worker's requests; one
 //!   [`session::ContainerSession`] per run, [`runner::Runner`] for the
-//!   engine's state and the reaper, [`pool::WarmPool`] for idle containers
+//!   engine's state and the reaper, [`pool::WarmPool`] for idle containers,
+//!   [`sandbox::Sandbox`] for a sandboxed run's network and egress proxy
 //! - [`live_runs::LiveRuns`]: the API provider's runs in flight
 //!
 //! Peers are held as `Recipient<M>` where a test may put a mock in the seat.
@@ -19,6 +20,7 @@ pub mod live_runs;
 pub mod pool;
 pub mod router;
 pub mod runner;
+pub mod sandbox;
 pub mod session;
 pub mod subscription;
 pub mod waiter;

@@ -38,7 +38,7 @@ impl PoolConfig {
                 .config
                 .profiles
                 .iter()
-                .filter(|(_, p)| p.pool_size > 0 && p.image.is_some())
+                .filter(|(_, p)| p.pool_size > 0 && p.image.is_some() && p.egress.is_empty())
                 .map(|(name, p)| (name.clone(), p.pool_size))
                 .collect(),
             max_idle: Duration::from_secs(settings.config.worker.pool_max_idle_seconds),

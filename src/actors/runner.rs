@@ -4,7 +4,8 @@
 //! container), and the orphan reaper.
 //!
 //! The reaper removes containers labelled with this worker's id whose run
-//! no live session holds (what a crash left behind). It never touches
+//! no live session holds (what a crash left behind), then its sandboxed
+//! runs' networks likewise. It never touches
 //! another worker's containers, nor its own live warm pool's; pooled
 //! containers of an earlier process (another pool instance) are orphans.
 
@@ -256,6 +257,15 @@ impl Handler<RemoveAll> for Runner {
                     Err(e) => tracing::warn!(container = %c.id, error = %e, "could not remove"),
                 }
             }
+            for n in runtime
+                .list_managed_networks(&worker)
+                .await
+                .unwrap_or_default()
+            {
+                if let Err(e) = runtime.remove_network(&n.id).await {
+                    tracing::warn!(network = %n.id, error = %e, "could not remove");
+                }
+            }
             tracing::info!(removed, "runner delete: removed managed containers");
             Ok(json!({"deleted": true, "removed": removed}))
         })
@@ -278,7 +288,11 @@ impl Handler<Reap> for Runner {
             let Ok(all) = runtime.list_managed(&worker).await else {
                 return 0;
             };
-            if all.is_empty() {
+            let networks = runtime
+                .list_managed_networks(&worker)
+                .await
+                .unwrap_or_default();
+            if all.is_empty() && networks.is_empty() {
                 return 0;
             }
             let mut held = live.send(ListLive).await.unwrap_or_default();
@@ -295,6 +309,18 @@ impl Handler<Reap> for Runner {
                     }
                     Err(e) => {
                         tracing::warn!(container = %c.id, error = %e, "could not remove an orphan")
+                    }
+                }
+            }
+            // A sandboxed run's network, once its containers are gone.
+            for n in networks.into_iter().filter(|n| !held.contains(&n.run_id)) {
+                match runtime.remove_network(&n.id).await {
+                    Ok(()) => {
+                        removed += 1;
+                        tracing::warn!(network = %n.id, run_id = %n.run_id, "removed an orphaned run network");
+                    }
+                    Err(e) => {
+                        tracing::warn!(network = %n.id, error = %e, "could not remove an orphaned network")
                     }
                 }
             }

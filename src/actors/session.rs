@@ -15,11 +15,22 @@
 //! An out-of-memory kill of a pooled run's process leaves the container
 //! running, so the engine's `OOMKilled` flag is not set: such a run
 //! reports `failed` with SIGKILL (exit 137).
+//!
+//! A sandboxed run (a profile with `egress`) first has its [`Sandbox`]
+//! made: the agent container is then created on the run's internal
+//! network, pointed at the egress proxy, with the per-run CA bundle copied
+//! in; after the agent container is removed the sandbox is torn down and
+//! its decision summary becomes the result's `details.egress`. Secret
+//! values never appear in the output the run reports (`[redacted]`).
 
+use super::sandbox::{Prepare, Sandbox, Teardown};
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
 use crate::request::Requester;
-use crate::runtime::{Attached, Chunk, ExecSpec, OutputStream, RuntimeError, SharedRuntime};
+use crate::runtime::{
+    Attached, Chunk, ExecSpec, FileSpec, OutputStream, RuntimeError, SharedRuntime,
+};
 use crate::worker::outcome::{Ending, RunResult};
+use crate::worker::sandbox::{redact, sandbox_agent};
 use crate::worker::utf8::Utf8Carry;
 use crate::worker::RunPlan;
 use actix::prelude::*;
@@ -126,6 +137,8 @@ pub struct ContainerSession {
     replied: bool,
     relay: tokio::sync::mpsc::Sender<Publication>,
     dropped_events: u64,
+    /// The run's network and egress proxy, while they exist.
+    sandbox: Option<Addr<Sandbox>>,
 }
 
 impl ContainerSession {
@@ -161,6 +174,7 @@ impl ContainerSession {
             replied: false,
             relay,
             dropped_events: 0,
+            sandbox: None,
         }
     }
 
@@ -204,29 +218,45 @@ impl ContainerSession {
         self.finish_with(json!({ "error": detail }), ctx);
     }
 
-    /// Removes the container, then replies (a cold run's result means its
-    /// container is gone), then stops. A pooled run replies first: its
-    /// process has ended, and removing the idle container it ran in is not
-    /// worth the wait (the session still removes it before it stops).
+    /// Removes the container, then the sandbox (a sandboxed run's result
+    /// gets its `details.egress`), then replies (a cold run's result
+    /// means its container is gone), then stops. A pooled run replies
+    /// first: its process has ended, and removing the idle container it
+    /// ran in is not worth the wait (the session still removes it before
+    /// it stops).
     fn finish_with(&mut self, reply: Value, ctx: &mut Context<Self>) {
-        let Some(id) = self.container_id.clone().filter(|_| !self.removed) else {
+        let container = self.container_id.clone().filter(|_| !self.removed);
+        let sandbox = self.sandbox.take();
+        if container.is_none() && sandbox.is_none() {
             self.reply(reply);
             ctx.stop();
             return;
-        };
-        self.removed = true;
+        }
+        if container.is_some() {
+            self.removed = true;
+        }
         if self.exec_id.is_some() {
             self.reply(reply.clone());
         }
         let runtime = self.cx.runtime.clone();
         ctx.wait(
             async move {
-                if let Err(e) = runtime.remove(&id).await {
-                    tracing::error!(container = %id, error = %e, "could not remove a run container");
+                if let Some(id) = container {
+                    if let Err(e) = runtime.remove(&id).await {
+                        tracing::error!(container = %id, error = %e, "could not remove a run container");
+                    }
+                }
+                match sandbox {
+                    Some(addr) => addr.send(Teardown).await.ok(),
+                    None => None,
                 }
             }
             .into_actor(self)
-            .map(move |_, act, ctx| {
+            .map(move |egress, act, ctx| {
+                let mut reply = reply;
+                if let Some(egress) = egress.filter(|_| reply.get("error").is_none()) {
+                    reply["details"] = json!({ "egress": egress });
+                }
                 act.reply(reply);
                 ctx.stop();
             }),
@@ -303,14 +333,52 @@ impl ContainerSession {
         }));
     }
 
-    /// Creates, attaches and starts the run's own container.
+    /// Starts the run's own container; a sandboxed run's sandbox first.
     fn start_cold(&mut self, ctx: &mut Context<Self>) {
+        let Some(plan) = self.plan.sandbox.clone() else {
+            self.create_and_start(Vec::new(), ctx);
+            return;
+        };
+        let sandbox = Sandbox::new(plan, self.cx.runtime.clone(), self.plan.run_id.clone()).start();
+        self.sandbox = Some(sandbox.clone());
+        ctx.wait(sandbox.send(Prepare).into_actor(self).map(|res, act, ctx| {
+            let ready = match res {
+                Ok(r) => r,
+                Err(_) => Err(RuntimeError::Engine("the run's sandbox stopped".into())),
+            };
+            match ready {
+                Ok(ready) => {
+                    let Some(plan) = act.plan.sandbox.clone() else {
+                        return;
+                    };
+                    let files = sandbox_agent(
+                        &mut act.plan.spec,
+                        &plan,
+                        &ready.proxy_ip,
+                        ready.ca_pem.as_deref(),
+                    );
+                    tracing::info!(run_id = %act.plan.run_id, proxy = %ready.proxy_ip, network = %plan.network, "sandbox ready");
+                    act.create_and_start(files, ctx);
+                }
+                Err(e) => act.fail(e, ctx),
+            }
+        }));
+    }
+
+    /// Creates the run's container, copies `files` in, attaches and
+    /// starts it.
+    fn create_and_start(&mut self, files: Vec<FileSpec>, ctx: &mut Context<Self>) {
         let runtime = self.cx.runtime.clone();
         let spec = self.plan.spec.clone();
         // Until the container runs, other messages (cancel, input) wait.
         ctx.wait(
             async move {
                 let id = runtime.create(&spec).await.map_err(|e| (None, e))?;
+                if !files.is_empty() {
+                    if let Err(e) = runtime.upload(&id, &files).await {
+                        return Err((Some(id), e));
+                    }
+                }
                 let attached = match runtime.attach(&id, spec.stdin).await {
                     Ok(a) => a,
                     Err(e) => return Err((Some(id), e)),
@@ -426,8 +494,8 @@ impl ContainerSession {
                 exit_code: ending.exit_code,
                 signal: signal.map(str::to_owned),
                 state: ending.state(),
-                stdout: act.stdout.text(),
-                stderr: act.stderr.text(),
+                stdout: redact(&act.stdout.text(), &act.plan.secrets),
+                stderr: redact(&act.stderr.text(), &act.plan.secrets),
                 stdout_truncated: act.stdout.truncated,
                 stderr_truncated: act.stderr.truncated,
                 duration_ms: ended.duration_since(t0).as_millis() as u64,
@@ -453,10 +521,17 @@ impl Actor for ContainerSession {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(id) = self.container_id.clone().filter(|_| !self.removed) {
+        let container = self.container_id.clone().filter(|_| !self.removed);
+        let sandbox = self.sandbox.take();
+        if container.is_some() || sandbox.is_some() {
             let runtime = self.cx.runtime.clone();
             actix_rt::spawn(async move {
-                let _ = runtime.remove(&id).await;
+                if let Some(id) = container {
+                    let _ = runtime.remove(&id).await;
+                }
+                if let Some(addr) = sandbox {
+                    let _ = addr.send(Teardown).await;
+                }
             });
         }
         if !self.replied {
@@ -479,6 +554,7 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
             OutputStream::Stderr => &mut self.stderr,
         };
         if let Some(text) = capture.take(&chunk.data) {
+            let text = redact(&text, &self.plan.secrets);
             let seq = self.seq;
             self.seq += 1;
             let payload = json!({"run_id": self.plan.run_id, "owner_account_id": self.plan.owner, "seq": seq, "stream": chunk.stream.as_str(), "data": text});
@@ -492,7 +568,7 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
                 OutputStream::Stdout => &mut self.stdout,
                 OutputStream::Stderr => &mut self.stderr,
             };
-            let rest = capture.carry.finish();
+            let rest = redact(&capture.carry.finish(), &self.plan.secrets);
             if !rest.is_empty() {
                 let seq = self.seq;
                 self.seq += 1;

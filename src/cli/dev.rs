@@ -179,6 +179,13 @@ async fn ensure_images(runtime: &DockerRuntime, config: &Config) {
         .values()
         .filter_map(|p| p.image.clone())
         .collect();
+    let sandboxed = config.profiles.values().any(|p| !p.egress.is_empty());
+    let egress = &config.worker.egress_image;
+    if sandboxed && !runtime.image_present(egress).await.unwrap_or(false) {
+        println!(
+            "warning: the egress proxy image {egress} is missing: sandboxed profiles (egress = [...]) cannot run.\n         Build it offline: scripts/build-egress-image target/release/bus {egress}"
+        );
+    }
     for image in images {
         if runtime.image_present(&image).await.unwrap_or(false) {
             continue;

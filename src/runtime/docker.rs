@@ -3,6 +3,7 @@
 //! with the engine (Debian's dockerd 20.10 accepts at most 1.41), and
 //! `DOCKER_HOST` is honoured (`unix://` or `tcp://`).
 
+use super::FileSpec;
 use super::{
     labels, Attached, Chunk, ContainerRuntime, ContainerSpec, EngineInfo, ExecSpec, ExitInfo,
     Managed, OutputStream, RuntimeError,
@@ -11,11 +12,12 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkConnectRequest,
+    NetworkCreateRequest, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
-    ListContainersOptions, RemoveContainerOptions,
+    ListContainersOptions, ListNetworksOptions, RemoveContainerOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
 use futures::future::LocalBoxFuture;
@@ -190,7 +192,7 @@ fn create_body(spec: &ContainerSpec, provider: &str) -> ContainerCreateBody {
     if h.no_new_privileges {
         security_opt.push("no-new-privileges:true".to_owned());
     }
-    let mounts: Vec<Mount> = spec
+    let mut mounts: Vec<Mount> = spec
         .mounts
         .iter()
         .map(|m| Mount {
@@ -201,6 +203,12 @@ fn create_body(spec: &ContainerSpec, provider: &str) -> ContainerCreateBody {
             ..Default::default()
         })
         .collect();
+    mounts.extend(spec.volumes.iter().map(|target| Mount {
+        target: Some(target.clone()),
+        typ: Some(MountType::VOLUME),
+        read_only: Some(false),
+        ..Default::default()
+    }));
     let host_config = HostConfig {
         memory: spec.limits.memory_bytes,
         // No swap beyond the memory limit, so the limit is real.
@@ -222,12 +230,14 @@ fn create_body(spec: &ContainerSpec, provider: &str) -> ContainerCreateBody {
         }),
         mounts: (!mounts.is_empty()).then_some(mounts),
         init: Some(false),
+        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
         ulimits: (provider == "podman").then(podman_ulimits),
         ..Default::default()
     };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        entrypoint: spec.entrypoint.clone(),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         working_dir: spec.workdir.clone(),
         user: h.user.clone(),
@@ -242,6 +252,34 @@ fn create_body(spec: &ContainerSpec, provider: &str) -> ContainerCreateBody {
         host_config: Some(host_config),
         ..Default::default()
     }
+}
+
+/// A tar archive of one file, named by its base name (it is extracted
+/// into its directory, which may be a volume under a read-only root).
+fn tar_of(file: &FileSpec) -> std::io::Result<(String, Vec<u8>)> {
+    let path = std::path::Path::new(&file.path);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other(format!(
+            "{}: not a file path",
+            file.path
+        )));
+    };
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(file.mode);
+    h.set_size(file.data.len() as u64);
+    builder.append_data(&mut h, name, file.data.as_slice())?;
+    Ok((dir.display().to_string(), builder.into_inner()?))
+}
+
+fn label_filter(worker_id: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_owned(),
+        vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={worker_id}", labels::WORKER_ID),
+        ],
+    )])
 }
 
 impl ContainerRuntime for DockerRuntime {
@@ -474,16 +512,9 @@ impl ContainerRuntime for DockerRuntime {
     ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>> {
         let (this, worker_id) = (self.clone(), worker_id.to_owned());
         async move {
-            let filters = HashMap::from([(
-                "label".to_owned(),
-                vec![
-                    format!("{}=true", labels::MANAGED),
-                    format!("{}={worker_id}", labels::WORKER_ID),
-                ],
-            )]);
             let options = ListContainersOptions {
                 all: true,
-                filters: Some(filters),
+                filters: Some(label_filter(&worker_id)),
                 ..Default::default()
             };
             let list = this
@@ -574,6 +605,151 @@ impl ContainerRuntime for DockerRuntime {
             } else {
                 info.exit_code
             })
+        }
+        .boxed_local()
+    }
+
+    fn create_network(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> LocalBoxFuture<'static, Result<String, RuntimeError>> {
+        let this = self.clone();
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            labels: Some(labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        async move {
+            let created = this
+                .ready_client()
+                .await?
+                .create_network(request)
+                .await
+                .map_err(map_err)?;
+            Ok(created.id)
+        }
+        .boxed_local()
+    }
+
+    fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+    ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        let (this, network) = (self.clone(), network.to_owned());
+        let request = NetworkConnectRequest {
+            container: container.to_owned(),
+            endpoint_config: None,
+        };
+        async move {
+            this.ready_client()
+                .await?
+                .connect_network(&network, request)
+                .await
+                .map_err(map_err)
+        }
+        .boxed_local()
+    }
+
+    fn remove_network(&self, name: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        let (this, name) = (self.clone(), name.to_owned());
+        async move {
+            match this.ready_client().await?.remove_network(&name).await {
+                Ok(()) => Ok(()),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Ok(()),
+                Err(e) => Err(map_err(e)),
+            }
+        }
+        .boxed_local()
+    }
+
+    fn network_ip(
+        &self,
+        container: &str,
+        network: &str,
+    ) -> LocalBoxFuture<'static, Result<Option<String>, RuntimeError>> {
+        let (this, container, network) = (self.clone(), container.to_owned(), network.to_owned());
+        async move {
+            let info = this
+                .ready_client()
+                .await?
+                .inspect_container(
+                    &container,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .map_err(map_err)?;
+            Ok(info
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(&network))
+                .and_then(|e| e.ip_address)
+                .filter(|ip| !ip.is_empty()))
+        }
+        .boxed_local()
+    }
+
+    fn upload(
+        &self,
+        container: &str,
+        files: &[FileSpec],
+    ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        let this = self.clone();
+        let container = container.to_owned();
+        let archives: Result<Vec<_>, _> = files.iter().map(tar_of).collect();
+        async move {
+            let archives = archives.map_err(|e| RuntimeError::Engine(format!("archive: {e}")))?;
+            let client = this.ready_client().await?;
+            for (dir, archive) in archives {
+                let options = UploadToContainerOptions {
+                    path: dir,
+                    ..Default::default()
+                };
+                client
+                    .upload_to_container(
+                        &container,
+                        Some(options),
+                        bollard::body_full(bytes::Bytes::from(archive)),
+                    )
+                    .await
+                    .map_err(map_err)?;
+            }
+            Ok(())
+        }
+        .boxed_local()
+    }
+
+    fn list_managed_networks(
+        &self,
+        worker_id: &str,
+    ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>> {
+        let (this, worker_id) = (self.clone(), worker_id.to_owned());
+        async move {
+            let options = ListNetworksOptions {
+                filters: Some(label_filter(&worker_id)),
+            };
+            let list = this
+                .ready_client()
+                .await?
+                .list_networks(Some(options))
+                .await
+                .map_err(map_err)?;
+            Ok(list
+                .into_iter()
+                .filter_map(|n| {
+                    let labels = n.labels.unwrap_or_default();
+                    Some(Managed {
+                        id: n.name?,
+                        run_id: labels.get(labels::RUN_ID).cloned().unwrap_or_default(),
+                        pool: None,
+                    })
+                })
+                .collect())
         }
         .boxed_local()
     }

@@ -9,7 +9,7 @@ pub mod docker;
 pub mod fake;
 pub mod spec;
 
-pub use spec::{ContainerSpec, Hardening, Limits, MountSpec};
+pub use spec::{ContainerSpec, FileSpec, Hardening, Limits, MountSpec};
 
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
@@ -30,6 +30,9 @@ pub mod labels {
     pub const POOLED: &str = "bus.pooled";
     /// The profile a pooled container was made for.
     pub const PROFILE: &str = "bus.profile";
+    /// What a container or network is to its run (`egress` for the
+    /// proxy sidecar and the run's internal network).
+    pub const ROLE: &str = "bus.role";
 }
 
 /// Which output stream a chunk came from.
@@ -157,6 +160,56 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         })
     }
 
+    /// Creates an internal network (no route out); returns its id.
+    fn create_network(
+        &self,
+        name: &str,
+        _labels: &std::collections::BTreeMap<String, String>,
+    ) -> LocalBoxFuture<'static, Result<String, RuntimeError>> {
+        refuse(self.provider(), "create networks", name)
+    }
+
+    /// Attaches a created container to a network as well.
+    fn connect_network(
+        &self,
+        network: &str,
+        _container: &str,
+    ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        refuse(self.provider(), "connect networks", network)
+    }
+
+    /// Removes a network (one already gone is fine).
+    fn remove_network(&self, name: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        refuse(self.provider(), "remove networks", name)
+    }
+
+    /// A running container's address on a network.
+    fn network_ip(
+        &self,
+        container: &str,
+        _network: &str,
+    ) -> LocalBoxFuture<'static, Result<Option<String>, RuntimeError>> {
+        refuse(self.provider(), "inspect networks", container)
+    }
+
+    /// Copies files into a created container (before start).
+    fn upload(
+        &self,
+        container: &str,
+        _files: &[FileSpec],
+    ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        refuse(self.provider(), "copy files into containers", container)
+    }
+
+    /// Every network labelled as managed by `worker_id` (`id` is its
+    /// name; `run_id` its run's).
+    fn list_managed_networks(
+        &self,
+        _worker_id: &str,
+    ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// The exit code of a finished exec (`None` while it runs or when the
     /// engine does not know).
     fn exec_exit(
@@ -165,6 +218,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     ) -> LocalBoxFuture<'static, Result<Option<i64>, RuntimeError>> {
         Box::pin(async { Ok(None) })
     }
+}
+
+fn refuse<T: 'static>(
+    provider: &'static str,
+    what: &str,
+    name: &str,
+) -> LocalBoxFuture<'static, Result<T, RuntimeError>> {
+    let message = format!("the {provider} runtime cannot {what} ({name})");
+    Box::pin(async move { Err(RuntimeError::Engine(message)) })
 }
 
 /// A runtime shared by the actors of a worker.

@@ -60,4 +60,31 @@ pub struct ContainerSpec {
     /// `none`, `bridge`, or a network name.
     pub network: String,
     pub mounts: Vec<MountSpec>,
+    /// Replaces the image's ENTRYPOINT when set.
+    pub entrypoint: Option<Vec<String>>,
+    /// DNS servers the engine's resolver forwards to (a sandbox points
+    /// them where nothing answers, so names never leave the run).
+    pub dns: Vec<String>,
+    /// Anonymous volumes (removed with the container), for files copied
+    /// in before start under a read-only root.
+    pub volumes: Vec<String>,
+}
+
+/// A file copied into a created container.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Absolute path in the container.
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for FileSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileSpec")
+            .field("path", &self.path)
+            .field("bytes", &self.data.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
 }

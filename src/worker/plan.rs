@@ -6,6 +6,7 @@
 use crate::config::{Config, Profile, SandboxSettings};
 use crate::contract::{ErrorDetail, ErrorType};
 use crate::runtime::{labels, ContainerSpec, MountSpec};
+use crate::worker::sandbox::{plan_sandbox, SandboxPlan};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,6 +53,11 @@ pub struct RunPlan {
     pub stdin: Option<String>,
     pub interactive: bool,
     pub spec: ContainerSpec,
+    /// The run's own network and egress proxy (a profile with `egress`).
+    pub sandbox: Option<SandboxPlan>,
+    /// Values the run's output must not show (credential and forwarded
+    /// secrets), replaced by `[redacted]`.
+    pub secrets: Vec<String>,
 }
 
 fn bad(message: impl Into<String>) -> ErrorDetail {
@@ -162,10 +168,12 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
     let mut env: Vec<(String, String)> = Vec::new();
     let mut mounts = Vec::new();
     let mut workdir = req.workdir.clone();
+    let mut secrets = Vec::new();
     if let Some(p) = profile {
         env.extend(p.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         for name in &p.forward_env {
             if let Ok(value) = std::env::var(name) {
+                secrets.push(value.clone());
                 env.push((name.clone(), value));
             }
         }
@@ -194,6 +202,14 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
     container_labels.insert(labels::RUN_ID.to_owned(), run_id.clone());
     container_labels.insert(labels::OWNER.to_owned(), owner.to_owned());
     container_labels.insert(labels::WORKER_ID.to_owned(), w.worker_id.clone());
+    let egress = match (profile, &profile_name) {
+        (Some(p), Some(name)) if !p.egress.is_empty() => {
+            let (plan, values) = plan_sandbox(name, &p.egress, config, &container_labels, &run_id)?;
+            secrets.extend(values);
+            Some(plan)
+        }
+        _ => None,
+    };
     let spec = ContainerSpec {
         name: Some(format!("bus-{run_id}")),
         image: image.clone(),
@@ -206,6 +222,9 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         hardening: sandbox.hardening(),
         network: sandbox.network(),
         mounts,
+        entrypoint: None,
+        dns: vec![],
+        volumes: vec![],
     };
     Ok(RunPlan {
         run_id,
@@ -217,6 +236,8 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         stdin: req.stdin.clone(),
         interactive: req.interactive,
         spec,
+        sandbox: egress,
+        secrets,
     })
 }
 

@@ -8,12 +8,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Dev {
-    child: Child,
-    url: String,
-    config_dir: tempfile::TempDir,
-    _data: tempfile::TempDir,
-    printed: std::sync::Arc<std::sync::Mutex<String>>,
+pub struct Dev {
+    pub child: Child,
+    pub url: String,
+    pub config_dir: tempfile::TempDir,
+    pub data: tempfile::TempDir,
+    pub printed: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Its log lines (stderr).
+    pub logs: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Drop for Dev {
@@ -24,6 +26,16 @@ impl Drop for Dev {
 }
 
 fn start_dev(extra: &[&str], prepare: impl FnOnce(&std::path::Path)) -> Dev {
+    start_dev_with(extra, &[], prepare)
+}
+
+/// `bus dev` with extra flags and environment; `prepare` fills its
+/// config directory first.
+pub fn start_dev_with(
+    extra: &[&str],
+    env: &[(&str, &str)],
+    prepare: impl FnOnce(&std::path::Path),
+) -> Dev {
     let config_dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     prepare(config_dir.path());
@@ -34,9 +46,20 @@ fn start_dev(extra: &[&str], prepare: impl FnOnce(&std::path::Path)) -> Dev {
         .env("BUS_CONFIG_DIR", config_dir.path())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log_sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log_sink.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
     let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = printed.clone();
@@ -65,12 +88,13 @@ fn start_dev(extra: &[&str], prepare: impl FnOnce(&std::path::Path)) -> Dev {
         child,
         url,
         config_dir,
-        _data: data,
+        data,
         printed,
+        logs,
     }
 }
 
-fn containers(dev: &Dev) -> Command {
+pub fn containers(dev: &Dev) -> Command {
     let mut c = bus();
     c.env("BUS_CONFIG_DIR", dev.config_dir.path())
         .env("BUS_AI_API_URL", &dev.url)

@@ -23,5 +23,6 @@ mod nats_scale;
 mod podman_worker;
 mod router;
 mod router_processes;
+mod sandbox;
 mod worker_actors;
 mod worker_processes;

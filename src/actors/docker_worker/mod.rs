@@ -388,10 +388,11 @@ impl DockerWorker {
     ) {
         // A profile run takes an idle pooled container when one is ready
         // (the pool is made per profile; explicit-image runs go cold).
-        let poolable = plan
-            .profile
-            .as_ref()
-            .filter(|p| self.pool_config.sizes.contains_key(*p) && !plan.spec.command.is_empty());
+        let poolable = plan.profile.as_ref().filter(|p| {
+            self.pool_config.sizes.contains_key(*p)
+                && !plan.spec.command.is_empty()
+                && plan.sandbox.is_none()
+        });
         if let (Some(profile), Some(pool)) = (poolable, &self.pool) {
             self.pending += 1;
             let take = pool.send(warm::Take(profile.clone()));

@@ -1,0 +1,297 @@
+//! A sandboxed run's plan: the internal network of its own, the egress
+//! proxy sidecar (`bus egress-proxy` from the worker's `egress_image`),
+//! what the sidecar reads on stdin (credential values, by name; upstream
+//! CAs), and what the agent container gets once the sidecar is up (the
+//! network, proxy variables, a DNS server that answers nothing, and the
+//! per-run CA bundle).
+
+use crate::config::{Config, EgressRoute};
+use crate::contract::{ErrorDetail, ErrorType};
+use crate::egress::policy::Credential;
+use crate::egress::SIDECAR_PORT;
+use crate::runtime::{labels, ContainerSpec, FileSpec, Hardening, Limits};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+/// Where the agent finds the per-run CA bundle.
+pub const CA_DIR: &str = "/run/bus-egress";
+pub const CA_BUNDLE: &str = "/run/bus-egress/ca-bundle.pem";
+
+/// The variables that point common clients at a CA bundle.
+pub const CA_VARIABLES: [&str; 5] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+];
+
+/// How a run's sandbox is made.
+#[derive(Clone)]
+pub struct SandboxPlan {
+    /// The run's internal network (its name).
+    pub network: String,
+    pub network_labels: BTreeMap<String, String>,
+    pub sidecar: ContainerSpec,
+    /// The sidecar's outside network (joined at create).
+    pub outside: String,
+    /// What the sidecar reads on stdin: holds secret values.
+    pub stdin: String,
+    /// The allowlist as configured, for the run record.
+    pub allowlist: Vec<String>,
+    /// Some route is intercepted: the agent needs the per-run CA.
+    pub intercepts: bool,
+}
+
+impl std::fmt::Debug for SandboxPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxPlan")
+            .field("network", &self.network)
+            .field("allowlist", &self.allowlist)
+            .field("intercepts", &self.intercepts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sandbox of a run of a profile with `egress`; also the secret
+/// values the run's output must never show.
+pub fn plan_sandbox(
+    profile_name: &str,
+    routes: &[EgressRoute],
+    config: &Config,
+    run_labels: &BTreeMap<String, String>,
+    run_id: &str,
+) -> Result<(SandboxPlan, Vec<String>), ErrorDetail> {
+    let misconfigured = |m: String| ErrorDetail::new(ErrorType::BackendError, m);
+    let mut allow = Vec::new();
+    let mut credentials = Vec::new();
+    let mut env = BTreeMap::new();
+    let mut secrets = Vec::new();
+    for route in routes {
+        match route {
+            EgressRoute::Host(h) => allow.push(h.clone()),
+            EgressRoute::Credential(c) => {
+                let mut credential =
+                    Credential::parse(&format!("{}={}={}", c.host, c.header, c.value_env))
+                        .map_err(misconfigured)?;
+                credential.prefix = c.prefix.clone();
+                let value = std::env::var(&c.value_env)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        misconfigured(format!(
+                            "profile {profile_name}: the credential route for {} needs {} in the worker's environment",
+                            c.host, c.value_env
+                        ))
+                    })?;
+                secrets.push(value.clone());
+                env.insert(c.value_env.clone(), value);
+                credentials.push(credential);
+            }
+        }
+    }
+    let mut upstream_ca = Vec::new();
+    if let Some(path) = config
+        .worker
+        .egress_upstream_ca
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        upstream_ca.push(
+            std::fs::read_to_string(path)
+                .map_err(|e| misconfigured(format!("worker.egress_upstream_ca {path}: {e}")))?,
+        );
+    }
+    let mut command: Vec<String> = [
+        "--log-format",
+        "json",
+        "egress-proxy",
+        "--listen",
+        &format!("0.0.0.0:{SIDECAR_PORT}"),
+        "--secrets-stdin",
+        "--ca-dir",
+        "/tmp/bus-egress",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for a in &allow {
+        command.extend(["--allow".to_owned(), a.clone()]);
+    }
+    for c in &credentials {
+        command.extend(["--credential".to_owned(), c.to_arg()]);
+    }
+    let mut sidecar_labels = run_labels.clone();
+    sidecar_labels.insert(labels::ROLE.into(), "egress".into());
+    let sidecar = ContainerSpec {
+        name: Some(format!("bus-egress-{run_id}")),
+        image: config.worker.egress_image.clone(),
+        entrypoint: Some(vec!["bus".into()]),
+        command,
+        env: vec![("RUST_LOG".into(), "warn".into())],
+        workdir: None,
+        labels: sidecar_labels.clone(),
+        stdin: true,
+        limits: Limits {
+            memory_bytes: Some(128 << 20),
+            nano_cpus: Some(500_000_000),
+            pids: Some(64),
+        },
+        hardening: Hardening {
+            user: Some("65534:65534".into()),
+            ..Hardening::default()
+        },
+        network: config.worker.egress_network.clone(),
+        mounts: vec![],
+        dns: vec![],
+        volumes: vec![],
+    };
+    let stdin = json!({"env": env, "upstream_ca": upstream_ca}).to_string();
+    Ok((
+        SandboxPlan {
+            network: format!("bus-net-{run_id}"),
+            network_labels: sidecar_labels,
+            sidecar,
+            outside: config.worker.egress_network.clone(),
+            stdin,
+            allowlist: routes.iter().map(|r| r.host().to_owned()).collect(),
+            intercepts: !credentials.is_empty(),
+        },
+        secrets,
+    ))
+}
+
+/// The agent container, given its sandbox's proxy address (and, when
+/// some route is intercepted, the per-run CA's certificate): the run's
+/// network only, proxy variables, DNS pointed at the proxy (where nothing
+/// answers, so no name is resolved outside the run, whatever the engine's
+/// resolver would forward), and the CA bundle as a file.
+pub fn sandbox_agent(
+    spec: &mut ContainerSpec,
+    plan: &SandboxPlan,
+    proxy_ip: &str,
+    ca_pem: Option<&str>,
+) -> Vec<FileSpec> {
+    spec.network = plan.network.clone();
+    spec.dns = vec![proxy_ip.to_owned()];
+    let proxy = format!("http://{proxy_ip}:{SIDECAR_PORT}");
+    let mut env: Vec<(String, String)> = Vec::new();
+    for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        env.push((name.into(), proxy.clone()));
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        env.push((name.into(), "localhost,127.0.0.1,::1".into()));
+    }
+    let mut files = Vec::new();
+    if let Some(ca) = ca_pem {
+        // The run's CA, then the worker's own trust store, so hosts that
+        // are tunnelled (not intercepted) still verify.
+        let mut bundle = ca.trim_end().to_owned();
+        bundle.push('\n');
+        let system = std::env::var("SSL_CERT_FILE")
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .or_else(|| std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").ok());
+        if let Some(system) = system {
+            bundle.push_str(&system);
+        }
+        files.push(FileSpec {
+            path: CA_BUNDLE.into(),
+            data: bundle.into_bytes(),
+            mode: 0o644,
+        });
+        spec.volumes.push(CA_DIR.into());
+        for name in CA_VARIABLES {
+            env.push((name.into(), CA_BUNDLE.into()));
+        }
+    }
+    for (k, v) in env {
+        spec.env.retain(|(name, _)| name != &k);
+        spec.env.push((k, v));
+    }
+    files
+}
+
+/// `text` with every secret value replaced by `[redacted]`.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        let secrets = vec!["s3cret-1".to_owned(), "ab".to_owned()];
+        assert_eq!(
+            redact("x s3cret-1 y s3cret-1", &secrets),
+            "x [redacted] y [redacted]"
+        );
+        assert_eq!(redact("ab", &secrets), "ab", "too short to redact safely");
+    }
+
+    #[test]
+    fn the_sidecar_gets_names_and_the_agent_gets_no_secret() {
+        std::env::set_var("BUS_SANDBOX_PLAN_TEST_TOKEN", "tok-123456");
+        let config = Config::parse(
+            r#"
+            [profiles.agent]
+            image = "x"
+            egress = ["a.test:443", { host = "api.test:443", header = "Authorization", value_env = "BUS_SANDBOX_PLAN_TEST_TOKEN", prefix = "Bearer " }]
+            "#,
+            "t",
+        )
+        .unwrap();
+        let (plan, secrets) = plan_sandbox(
+            "agent",
+            &config.profiles["agent"].egress,
+            &config,
+            &BTreeMap::new(),
+            "run_1",
+        )
+        .unwrap();
+        assert_eq!(secrets, ["tok-123456"]);
+        let argv = plan.sidecar.command.join(" ");
+        assert!(argv.contains("--allow a.test:443"), "{argv}");
+        assert!(argv.contains(
+            "--credential api.test:443=Authorization=BUS_SANDBOX_PLAN_TEST_TOKEN=Bearer "
+        ));
+        assert!(!argv.contains("tok-123456"), "no value on argv");
+        assert!(!format!("{:?}", plan.sidecar.env).contains("tok-123456"));
+        assert!(plan.stdin.contains("tok-123456"));
+        assert!(!format!("{plan:?}").contains("tok-123456"));
+        assert!(plan.intercepts);
+        let mut agent = ContainerSpec::default();
+        let files = sandbox_agent(&mut agent, &plan, "10.9.0.2", Some("-----CA-----"));
+        assert_eq!(agent.network, "bus-net-run_1");
+        assert_eq!(agent.dns, ["10.9.0.2"]);
+        assert!(agent
+            .env
+            .contains(&("HTTPS_PROXY".into(), "http://10.9.0.2:3128".into())));
+        assert!(agent
+            .env
+            .contains(&("SSL_CERT_FILE".into(), CA_BUNDLE.into())));
+        assert!(files[0].data.starts_with(b"-----CA-----\n"));
+        assert!(!format!("{agent:?}").contains("tok-123456"));
+        std::env::remove_var("BUS_SANDBOX_PLAN_TEST_TOKEN");
+        assert_eq!(
+            plan_sandbox(
+                "agent",
+                &config.profiles["agent"].egress,
+                &config,
+                &BTreeMap::new(),
+                "r"
+            )
+            .unwrap_err()
+            .kind,
+            ErrorType::BackendError
+        );
+    }
+}
