@@ -83,6 +83,10 @@ pub struct WorkerArgs {
     /// Profiles and limits (TOML; see config.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The image whose `bus egress-proxy` is a sandboxed run's sidecar
+    /// (overrides `worker.egress_image`).
+    #[arg(long, env = "BUS_EGRESS_IMAGE")]
+    pub egress_image: Option<String>,
     /// How often the orphan reaper looks for leftovers.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub reap_interval: Duration,
@@ -113,6 +117,9 @@ pub fn settings(args: &WorkerArgs, flavour: Flavour) -> Result<WorkerSettings, F
     };
     if let Some(n) = args.pool_size {
         config.set_pool_size(n);
+    }
+    if let Some(image) = args.egress_image.clone().filter(|i| !i.trim().is_empty()) {
+        config.worker.egress_image = image;
     }
     let image_env = match flavour {
         Flavour::Docker => "DOCKER_CONTAINER_CODEX_IMAGE",

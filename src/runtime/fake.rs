@@ -44,6 +44,8 @@ pub struct FakeRuntime {
     /// Images that exist (every image when empty).
     images: Arc<Mutex<Vec<String>>>,
     down: Arc<Mutex<bool>>,
+    /// Networks by name, with their labels.
+    networks: Arc<Mutex<HashMap<String, std::collections::BTreeMap<String, String>>>>,
 }
 
 impl FakeRuntime {
@@ -80,6 +82,11 @@ impl FakeRuntime {
             .values()
             .map(|c| c.spec.clone())
             .collect()
+    }
+
+    /// Names of the networks that exist.
+    pub fn networks(&self) -> Vec<String> {
+        self.networks.lock().unwrap().keys().cloned().collect()
     }
 
     fn check(&self) -> Result<(), RuntimeError> {
@@ -359,6 +366,48 @@ impl ContainerRuntime for FakeRuntime {
                         .cloned()
                         .unwrap_or_default(),
                     pool: c.spec.labels.get(labels::POOLED).cloned(),
+                })
+                .collect()
+        });
+        async move { result }.boxed_local()
+    }
+
+    fn create_network(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> LocalBoxFuture<'static, Result<String, RuntimeError>> {
+        let result = self.check().map(|_| {
+            self.networks
+                .lock()
+                .unwrap()
+                .insert(name.to_owned(), labels.clone());
+            name.to_owned()
+        });
+        async move { result }.boxed_local()
+    }
+
+    fn remove_network(&self, name: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
+        let result = self.check().map(|_| {
+            self.networks.lock().unwrap().remove(name);
+        });
+        async move { result }.boxed_local()
+    }
+
+    fn list_managed_networks(
+        &self,
+        worker_id: &str,
+    ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>> {
+        let result = self.check().map(|_| {
+            self.networks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, l)| l.get(labels::WORKER_ID).is_some_and(|w| w == worker_id))
+                .map(|(name, l)| Managed {
+                    id: name.clone(),
+                    run_id: l.get(labels::RUN_ID).cloned().unwrap_or_default(),
+                    pool: None,
                 })
                 .collect()
         });

@@ -221,6 +221,16 @@ async fn the_reaper_takes_only_this_workers_orphans_and_stale_pool_containers() 
     let orphan = fake.create(&make("w1", "run_old", false)).await.unwrap();
     let pooled = fake.create(&make("w1", "", true)).await.unwrap();
     let foreign = fake.create(&make("w2", "run_theirs", false)).await.unwrap();
+    // A sandboxed run's network outlives a crash too.
+    fake.create_network("bus-net-run_old", &make("w1", "run_old", false).labels)
+        .await
+        .unwrap();
+    fake.create_network(
+        "bus-net-run_theirs",
+        &make("w2", "run_theirs", false).labels,
+    )
+    .await
+    .unwrap();
     let r = rig(fake, |_, _| {}).await;
     actix_rt::time::sleep(Duration::from_millis(300)).await;
     let live = r.fake.live();
@@ -230,6 +240,11 @@ async fn the_reaper_takes_only_this_workers_orphans_and_stale_pool_containers() 
         "an earlier process's pool container removed"
     );
     assert!(live.contains(&foreign), "another worker's container kept");
+    assert_eq!(
+        r.fake.networks(),
+        ["bus-net-run_theirs"],
+        "own orphaned network removed, another worker's kept"
+    );
     let _ = r.worker.send(Shutdown).await;
 }
 
