@@ -1,6 +1,8 @@
 //! `bus bench worker`: end-to-end latency of `sh -c 'printf OK'` through
 //! the Docker worker (request → container → result on the memory broker)
-//! beside plain `docker run --rm` of the same image, measured in one run.
+//! beside plain `docker run --rm` of the same image, measured in one run;
+//! and a sandboxed run of it (its own network and egress proxy sidecar),
+//! when the egress proxy image is present.
 
 use super::stats::{print_table, Summary};
 use crate::actors::dispatcher::ReplyMetrics;
@@ -8,7 +10,7 @@ use crate::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig}
 use crate::broker::memory::{HubConfig, MemoryBroker};
 use crate::broker::SharedBroker;
 use crate::cli::Failure;
-use crate::config::{Config, DEFAULT_IMAGE};
+use crate::config::{Config, EgressRoute, Profile, DEFAULT_EGRESS_IMAGE, DEFAULT_IMAGE};
 use crate::containers::Kind;
 use crate::metrics::{BusMetrics, Metrics};
 use crate::request::{BusIdentity, Request, Requester};
@@ -28,6 +30,10 @@ pub struct WorkerBenchArgs {
     /// Image to run (built offline by scripts/build-test-image).
     #[arg(long, default_value = DEFAULT_IMAGE)]
     pub image: String,
+    /// The egress proxy image of the sandboxed path (built offline by
+    /// scripts/build-egress-image; the path is skipped without it).
+    #[arg(long, default_value = DEFAULT_EGRESS_IMAGE)]
+    pub egress_image: String,
     /// Print the results as JSON too.
     #[arg(long)]
     pub json: bool,
@@ -71,6 +77,17 @@ pub fn run(args: WorkerBenchArgs) -> Result<(), Failure> {
         let broker: SharedBroker = Arc::new(MemoryBroker::start(HubConfig::default(), BusMetrics::register(&metrics)));
         let mut config = Config::builtin();
         config.worker.allowed_images = vec![args.image.clone()];
+        let sandboxed = runtime.image_present(&args.egress_image).await.unwrap_or(false);
+        if sandboxed {
+            config.worker.egress_image = args.egress_image.clone();
+            config.profiles.insert("sandboxed".into(), Profile {
+                image: Some(args.image.clone()),
+                egress: vec![EgressRoute::Host("example.invalid:443".into())],
+                ..Profile::default()
+            });
+        } else {
+            eprintln!("bench worker: {} is missing (scripts/build-egress-image); the sandboxed path is skipped", args.egress_image);
+        }
         let worker_id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let settings = WorkerSettings { worker_id, config, codex_mounts: vec![], codex_env: vec![] };
         let publisher = Requester::new(broker.clone(), BusIdentity::service("bench-worker"), ReplyMetrics::register(&metrics, "bench_w"));
@@ -78,8 +95,10 @@ pub fn run(args: WorkerBenchArgs) -> Result<(), Failure> {
         let api = Requester::new(broker, BusIdentity::service("bench"), ReplyMetrics::register(&metrics, "bench"));
         let payload = json!({"owner_account_id": "bench", "image": args.image, "command": ["sh", "-c", "printf OK"]});
 
+        let sandboxed_payload = json!({"owner_account_id": "bench", "profile": "sandboxed", "args": ["sh", "-c", "printf OK"]});
         let mut baseline = Vec::new();
         let mut through = Vec::new();
+        let mut in_sandbox = Vec::new();
         // Interleave the two paths so drift on the machine hits both alike.
         for i in 0..args.runs + 2 {
             let d = docker_run(&args.image)?;
@@ -93,17 +112,34 @@ pub fn run(args: WorkerBenchArgs) -> Result<(), Failure> {
             if reply["stdout"] != "OK" {
                 return Err(Failure::error(format!("worker run failed: {reply}")));
             }
+            let mut s = None;
+            if sandboxed {
+                let t0 = Instant::now();
+                let out = api
+                    .request(Request::new(&Kind::Run.request("bus.docker"), sandboxed_payload.clone(), Duration::from_secs(60)))
+                    .await
+                    .map_err(|e| Failure::error(e.to_string()))?;
+                s = Some(t0.elapsed());
+                let reply = out.replies.first().map(|r| r.payload.clone()).unwrap_or_default();
+                if reply["stdout"] != "OK" {
+                    return Err(Failure::error(format!("sandboxed run failed: {reply}")));
+                }
+            }
             if i >= 2 {
                 baseline.push(d);
                 through.push(w);
+                in_sandbox.extend(s);
             }
         }
         let _ = worker.send(Shutdown).await;
         let rate = |s: &[Duration]| s.len() as f64 / s.iter().map(Duration::as_secs_f64).sum::<f64>();
-        let rows = [
+        let mut rows = vec![
             Summary::new("docker run --rm (CLI)", baseline.clone(), rate(&baseline)),
             Summary::new("through the worker (create, attach, start, wait, remove)", through.clone(), rate(&through)),
         ];
+        if !in_sandbox.is_empty() {
+            rows.push(Summary::new("sandboxed: + own network, egress proxy sidecar, teardown", in_sandbox.clone(), rate(&in_sandbox)));
+        }
         print_table("sh -c 'printf OK', end to end, one at a time (baseline: docker run --rm)", &rows);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
