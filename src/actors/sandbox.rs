@@ -1,8 +1,9 @@
 //! `Sandbox`: one sandboxed run's network and egress proxy sidecar, from
 //! creation to removal.
 //!
-//! `Prepare`: create the run's internal network → create the sidecar on
-//! the outside network → connect it to the internal one → attach → start
+//! `Prepare`: create the run's internal network (no host address on it)
+//! → create the sidecar on the outside network, serving only the run's
+//! subnet (`--allow-from`) → connect it to the internal one → attach → start
 //! → hand it its secrets on stdin (then close it) → wait for its `ready`
 //! line (which carries the per-run CA certificate) → read its address on
 //! the internal network. From then on the sidecar's decision lines are
@@ -18,19 +19,25 @@ use actix::prelude::*;
 use futures::stream::LocalBoxStream;
 use futures::StreamExt;
 use serde_json::Value;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// How long a sidecar may take to say it is ready.
-const READY_WITHIN: Duration = Duration::from_secs(20);
+/// How long a sidecar may take to say it is ready once started, and the
+/// whole sandbox to be made (generous: a loaded engine is slow).
+const READY_WITHIN: Duration = Duration::from_secs(15);
+const PREPARE_WITHIN: Duration = Duration::from_secs(30);
 
 /// The sandbox is up: where the agent's proxy is, and the CA to trust.
 #[derive(Debug, Clone)]
 pub struct Ready {
     pub proxy_ip: String,
     pub ca_pem: Option<String>,
+    /// The run's network (its id).
+    pub network: String,
 }
 
 /// Make the network and start the sidecar.
@@ -48,12 +55,26 @@ pub struct Sandbox {
     plan: SandboxPlan,
     runtime: SharedRuntime,
     run_id: String,
-    network_made: bool,
-    sidecar: Option<String>,
+    /// What exists so far, written as each step of `Prepare` completes
+    /// (so a stop mid-way still removes it).
+    progress: Rc<RefCell<Progress>>,
     summary: Summary,
     partial: Vec<u8>,
     output_done: Arc<AtomicBool>,
+    /// The proxy's output ended before teardown (it exited or died).
+    exited_early: bool,
     torn_down: bool,
+}
+
+/// What `Prepare` got done, also when it failed or was dropped part way.
+#[derive(Default)]
+struct Progress {
+    /// The run's network, by id.
+    network: Option<String>,
+    sidecar: Option<String>,
+    output: Option<LocalBoxStream<'static, Result<Chunk, RuntimeError>>>,
+    /// stdout lines that came with or before `ready`.
+    early: Vec<String>,
 }
 
 impl Sandbox {
@@ -62,11 +83,11 @@ impl Sandbox {
             plan,
             runtime,
             run_id,
-            network_made: false,
-            sidecar: None,
+            progress: Rc::new(RefCell::new(Progress::default())),
             summary: Summary::default(),
             partial: Vec::new(),
             output_done: Arc::new(AtomicBool::new(false)),
+            exited_early: false,
             torn_down: false,
         }
     }
@@ -81,15 +102,12 @@ impl Sandbox {
             self.partial.clear();
         }
     }
-}
 
-/// What `Prepare` got done, also when it failed part way.
-struct Progress {
-    network_made: bool,
-    sidecar: Option<String>,
-    output: Option<LocalBoxStream<'static, Result<Chunk, RuntimeError>>>,
-    /// stdout lines that came with or before `ready`.
-    early: Vec<String>,
+    /// The sidecar and network made so far (taken: removed once).
+    fn made(&mut self) -> (Option<String>, Option<String>) {
+        let mut p = self.progress.borrow_mut();
+        (p.sidecar.take(), p.network.take())
+    }
 }
 
 fn image_hint(e: RuntimeError, image: &str) -> RuntimeError {
@@ -104,18 +122,26 @@ fn image_hint(e: RuntimeError, image: &str) -> RuntimeError {
 async fn prepare(
     plan: SandboxPlan,
     runtime: SharedRuntime,
-    p: &mut Progress,
+    progress: Rc<RefCell<Progress>>,
 ) -> Result<Ready, RuntimeError> {
-    runtime
+    let network = runtime
         .create_network(&plan.network, &plan.network_labels)
         .await?;
-    p.network_made = true;
+    progress.borrow_mut().network = Some(network.clone());
+    // The proxy serves only the run's own network, whatever else can
+    // reach it on the outside one.
+    let subnet = runtime
+        .network_subnet(&network)
+        .await?
+        .ok_or_else(|| RuntimeError::Engine("the run's network has no subnet".into()))?;
+    let mut spec = plan.sidecar.clone();
+    spec.command.extend(["--allow-from".to_owned(), subnet]);
     let id = runtime
-        .create(&plan.sidecar)
+        .create(&spec)
         .await
-        .map_err(|e| image_hint(e, &plan.sidecar.image))?;
-    p.sidecar = Some(id.clone());
-    runtime.connect_network(&plan.network, &id).await?;
+        .map_err(|e| image_hint(e, &spec.image))?;
+    progress.borrow_mut().sidecar = Some(id.clone());
+    runtime.connect_network(&network, &id).await?;
     let attached = runtime.attach(&id, true).await?;
     runtime.start(&id).await?;
     if let Some(mut input) = attached.input {
@@ -153,7 +179,7 @@ async fn prepare(
                                 return Ok(true);
                             }
                         }
-                        p.early.push(line);
+                        progress.borrow_mut().early.push(line);
                     }
                 }
             }
@@ -177,19 +203,20 @@ async fn prepare(
             )))
         }
     }
-    p.output = Some(output);
+    progress.borrow_mut().output = Some(output);
     if plan.intercepts && ca_pem.is_none() {
         return Err(RuntimeError::Engine(
             "the egress proxy made no CA for its credential routes".into(),
         ));
     }
-    let proxy_ip = runtime
-        .network_ip(&id, &plan.network)
-        .await?
-        .ok_or_else(|| {
-            RuntimeError::Engine("the egress proxy has no address on the run's network".into())
-        })?;
-    Ok(Ready { proxy_ip, ca_pem })
+    let proxy_ip = runtime.network_ip(&id, &network).await?.ok_or_else(|| {
+        RuntimeError::Engine("the egress proxy has no address on the run's network".into())
+    })?;
+    Ok(Ready {
+        proxy_ip,
+        ca_pem,
+        network,
+    })
 }
 
 /// Removes the sidecar, then the network (which may still be held a
@@ -206,13 +233,13 @@ async fn remove_all(
         }
     }
     if let Some(net) = network {
-        for attempt in 0..20 {
+        for attempt in 0..100 {
             match runtime.remove_network(&net).await {
                 Ok(()) => return,
-                Err(e) if attempt == 19 => {
+                Err(e) if attempt == 99 => {
                     tracing::error!(run_id = %run_id, network = %net, error = %e, "could not remove a run's network")
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     }
@@ -225,8 +252,7 @@ impl Actor for Sandbox {
         if self.torn_down {
             return;
         }
-        let network = self.network_made.then(|| self.plan.network.clone());
-        let sidecar = self.sidecar.take();
+        let (sidecar, network) = self.made();
         if network.is_some() || sidecar.is_some() {
             actix_rt::spawn(remove_all(
                 self.runtime.clone(),
@@ -239,29 +265,36 @@ impl Actor for Sandbox {
 }
 
 impl Handler<Prepare> for Sandbox {
-    type Result = ResponseActFuture<Self, Result<Ready, RuntimeError>>;
+    // Atomic: a Teardown that comes meanwhile waits until the sandbox is
+    // made (or has failed), then removes all of it.
+    type Result = AtomicResponse<Self, Result<Ready, RuntimeError>>;
 
     fn handle(&mut self, _: Prepare, _: &mut Self::Context) -> Self::Result {
-        let (plan, runtime) = (self.plan.clone(), self.runtime.clone());
-        Box::pin(
+        let (plan, runtime, progress) = (
+            self.plan.clone(),
+            self.runtime.clone(),
+            self.progress.clone(),
+        );
+        AtomicResponse::new(Box::pin(
             async move {
-                let mut progress = Progress {
-                    network_made: false,
-                    sidecar: None,
-                    output: None,
-                    early: Vec::new(),
-                };
-                let result = prepare(plan, runtime, &mut progress).await;
-                (progress, result)
+                match tokio::time::timeout(PREPARE_WITHIN, prepare(plan, runtime, progress)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(RuntimeError::Unavailable(format!(
+                        "the run's sandbox was not made within {}s",
+                        PREPARE_WITHIN.as_secs()
+                    ))),
+                }
             }
             .into_actor(self)
-            .map(|(progress, result), act, ctx| {
-                act.network_made = progress.network_made;
-                act.sidecar = progress.sidecar;
-                for line in &progress.early {
+            .map(|result, act, ctx| {
+                let (output, early) = {
+                    let mut p = act.progress.borrow_mut();
+                    (p.output.take(), std::mem::take(&mut p.early))
+                };
+                for line in &early {
                     act.summary.take_line(line);
                 }
-                match progress.output {
+                match output {
                     Some(output) => {
                         ctx.add_stream(output);
                     }
@@ -272,7 +305,7 @@ impl Handler<Prepare> for Sandbox {
                 }
                 result
             }),
-        )
+        ))
     }
 }
 
@@ -281,8 +314,9 @@ impl Handler<Teardown> for Sandbox {
 
     fn handle(&mut self, _: Teardown, _: &mut Self::Context) -> Self::Result {
         let runtime = self.runtime.clone();
-        let sidecar = self.sidecar.clone();
+        let sidecar = self.progress.borrow().sidecar.clone();
         let done = self.output_done.clone();
+        self.exited_early = done.load(Ordering::Relaxed) && sidecar.is_some();
         Box::pin(
             async move {
                 if let Some(id) = &sidecar {
@@ -299,12 +333,15 @@ impl Handler<Teardown> for Sandbox {
             .into_actor(self)
             .then(|_, act, _| {
                 act.torn_down = true;
-                let network = act.network_made.then(|| act.plan.network.clone());
-                let remove = remove_all(act.runtime.clone(), act.sidecar.take(), network, act.run_id.clone());
-                remove.into_actor(act)
+                let (sidecar, network) = act.made();
+                remove_all(act.runtime.clone(), sidecar, network, act.run_id.clone()).into_actor(act)
             })
             .map(|_, act, ctx| {
-                let summary = act.summary.to_json(&act.plan.allowlist);
+                let mut summary = act.summary.to_json(&act.plan.allowlist);
+                if act.exited_early {
+                    // Egress stopped working part way through the run.
+                    summary["proxy_exited_early"] = Value::Bool(true);
+                }
                 if act.summary.denied() > 0 {
                     tracing::info!(run_id = %act.run_id, denied = act.summary.denied(), "the run's egress proxy refused destinations");
                 }

@@ -30,7 +30,7 @@ use crate::runtime::{
     Attached, Chunk, ExecSpec, FileSpec, OutputStream, RuntimeError, SharedRuntime,
 };
 use crate::worker::outcome::{Ending, RunResult};
-use crate::worker::sandbox::{redact, sandbox_agent};
+use crate::worker::sandbox::sandbox_agent;
 use crate::worker::utf8::Utf8Carry;
 use crate::worker::RunPlan;
 use actix::prelude::*;
@@ -241,15 +241,22 @@ impl ContainerSession {
         let runtime = self.cx.runtime.clone();
         ctx.wait(
             async move {
-                if let Some(id) = container {
-                    if let Err(e) = runtime.remove(&id).await {
-                        tracing::error!(container = %id, error = %e, "could not remove a run container");
+                let remove = async {
+                    if let Some(id) = container {
+                        if let Err(e) = runtime.remove(&id).await {
+                            tracing::error!(container = %id, error = %e, "could not remove a run container");
+                        }
                     }
-                }
-                match sandbox {
-                    Some(addr) => addr.send(Teardown).await.ok(),
-                    None => None,
-                }
+                };
+                // The sandbox comes down alongside (its network goes once
+                // the container has left it).
+                let teardown = async {
+                    match sandbox {
+                        Some(addr) => addr.send(Teardown).await.ok(),
+                        None => None,
+                    }
+                };
+                futures::join!(remove, teardown).1
             }
             .into_actor(self)
             .map(move |egress, act, ctx| {
@@ -353,7 +360,7 @@ impl ContainerSession {
                     };
                     let files = sandbox_agent(
                         &mut act.plan.spec,
-                        &plan,
+                        &ready.network,
                         &ready.proxy_ip,
                         ready.ca_pem.as_deref(),
                     );
@@ -494,8 +501,8 @@ impl ContainerSession {
                 exit_code: ending.exit_code,
                 signal: signal.map(str::to_owned),
                 state: ending.state(),
-                stdout: redact(&act.stdout.text(), &act.plan.secrets),
-                stderr: redact(&act.stderr.text(), &act.plan.secrets),
+                stdout: act.plan.secrets.redact(&act.stdout.text()),
+                stderr: act.plan.secrets.redact(&act.stderr.text()),
                 stdout_truncated: act.stdout.truncated,
                 stderr_truncated: act.stderr.truncated,
                 duration_ms: ended.duration_since(t0).as_millis() as u64,
@@ -554,7 +561,7 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
             OutputStream::Stderr => &mut self.stderr,
         };
         if let Some(text) = capture.take(&chunk.data) {
-            let text = redact(&text, &self.plan.secrets);
+            let text = self.plan.secrets.redact(&text);
             let seq = self.seq;
             self.seq += 1;
             let payload = json!({"run_id": self.plan.run_id, "owner_account_id": self.plan.owner, "seq": seq, "stream": chunk.stream.as_str(), "data": text});
@@ -568,7 +575,7 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
                 OutputStream::Stdout => &mut self.stdout,
                 OutputStream::Stderr => &mut self.stderr,
             };
-            let rest = redact(&capture.carry.finish(), &self.plan.secrets);
+            let rest = self.plan.secrets.redact(&capture.carry.finish());
             if !rest.is_empty() {
                 let seq = self.seq;
                 self.seq += 1;

@@ -32,6 +32,10 @@ pub struct EgressProxyArgs {
     /// A PEM file of CA certificates trusted upstream besides the system's.
     #[arg(long, value_name = "FILE")]
     pub upstream_ca: Vec<PathBuf>,
+    /// Serve clients from these networks only (`10.1.0.0/16`;
+    /// repeatable; unset: any client).
+    #[arg(long = "allow-from", value_name = "CIDR")]
+    pub allow_from: Vec<String>,
     /// Read `{"env":{"NAME":"value"},"upstream_ca":["PEM"]}` from stdin
     /// before listening: credential values (by name) and upstream CAs.
     #[arg(long)]
@@ -39,13 +43,23 @@ pub struct EgressProxyArgs {
 }
 
 /// What `--secrets-stdin` reads.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdinSecrets {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub upstream_ca: Vec<String>,
+}
+
+impl std::fmt::Debug for StdinSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only.
+        f.debug_struct("StdinSecrets")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("upstream_ca", &self.upstream_ca.len())
+            .finish()
+    }
 }
 
 fn read_stdin() -> Result<StdinSecrets, Failure> {
@@ -100,11 +114,25 @@ pub fn run(args: EgressProxyArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::usage(format!("--upstream-ca {}: {e}", path.display())))?,
         );
     }
+    let allow_from = args
+        .allow_from
+        .iter()
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    Failure::usage(format!(
+                        "--allow-from {c:?}: expected a CIDR such as 10.1.0.0/16"
+                    ))
+                })
+        })
+        .collect::<Result<_, _>>()?;
     let settings = ProxySettings {
         listen: args.listen,
         policy,
         ca_dir: args.ca_dir,
         upstream_ca_pem,
+        allow_from,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -33,7 +33,8 @@ fn err(e: rcgen::Error) -> String {
 }
 
 impl RunCa {
-    /// A fresh CA that may sign only for `hosts`, valid for two days.
+    /// A fresh CA that may sign only for `hosts`, valid for 30 days (its
+    /// leaves for one, renewed by the proxy).
     pub fn new(hosts: &[Destination]) -> Result<RunCa, String> {
         let key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::default();
@@ -49,7 +50,7 @@ impl RunCa {
         ];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(2);
+        params.not_after = now + Duration::days(30);
         let mut permitted = Vec::new();
         for h in hosts {
             permitted.push(match h.host.parse::<IpAddr>() {

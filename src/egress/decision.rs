@@ -63,6 +63,7 @@ pub struct Summary {
     kept: Vec<Decision>,
     dropped: u64,
     errors: Vec<String>,
+    refused_clients: u64,
 }
 
 impl Summary {
@@ -77,6 +78,7 @@ impl Summary {
                     self.add(d);
                 }
             }
+            Some("client_refused") => self.refused_clients += 1,
             Some("error") if self.errors.len() < 10 => {
                 if let Some(m) = value.get("message").and_then(Value::as_str) {
                     self.errors.push(m.chars().take(300).collect());
@@ -128,6 +130,10 @@ impl Summary {
         }
         if !self.errors.is_empty() {
             v["errors"] = json!(self.errors);
+        }
+        if self.refused_clients > 0 {
+            // Connections from outside the run's network, not served.
+            v["refused_clients"] = json!(self.refused_clients);
         }
         v
     }

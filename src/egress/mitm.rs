@@ -4,7 +4,7 @@
 //! over a verified TLS connection of the proxy's own to the same host.
 
 use super::policy::{Credential, Destination};
-use super::proxy::{connect_tls, log, prepare, text, Body, Shared};
+use super::proxy::{connect_tls, log, prepare, strip_hop_by_hop, text, Body, Shared};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -76,9 +76,18 @@ async fn request(
     upstream: &Upstream,
 ) -> Response<Body> {
     let method = req.method().clone();
+    if method == hyper::Method::CONNECT || req.headers().contains_key(hyper::header::UPGRADE) {
+        let why = "no CONNECT or upgrade inside an intercepted session";
+        log(&method, dest, false, 405, false, Some(why.into()));
+        return text(StatusCode::METHOD_NOT_ALLOWED, why);
+    }
     prepare(&mut req, dest, true, Some(credential));
     let mut slot = upstream.lock().await;
-    let reusable = slot.as_ref().is_some_and(|s| !s.is_closed());
+    // A kept connection that is closed or not ready is opened afresh.
+    let mut reusable = false;
+    if let Some(sender) = slot.as_mut().filter(|s| !s.is_closed()) {
+        reusable = sender.ready().await.is_ok();
+    }
     if !reusable {
         let opened = async {
             let io = connect_tls(dest, shared).await?;
@@ -94,28 +103,26 @@ async fn request(
         match opened {
             Ok(sender) => *slot = Some(sender),
             Err(e) => {
+                *slot = None;
                 log(&method, dest, true, 502, true, Some(e.clone()));
                 return text(StatusCode::BAD_GATEWAY, &e);
             }
         }
     }
-    let sender = slot.as_mut().expect("just opened");
-    if sender.ready().await.is_err() {
-        *slot = None;
-        log(
-            &method,
-            dest,
-            true,
-            502,
-            true,
-            Some("upstream closed".into()),
-        );
-        return text(StatusCode::BAD_GATEWAY, "the upstream connection closed");
-    }
+    let Some(sender) = slot.as_mut() else {
+        return text(StatusCode::BAD_GATEWAY, "no upstream connection");
+    };
     match sender.send_request(req).await {
-        Ok(resp) => {
+        Ok(mut resp) if resp.status() != StatusCode::SWITCHING_PROTOCOLS => {
+            strip_hop_by_hop(resp.headers_mut());
             log(&method, dest, true, resp.status().as_u16(), true, None);
             resp.map(|b| b.boxed())
+        }
+        Ok(_) => {
+            *slot = None;
+            let why = "protocol upgrades are not supported through the egress proxy";
+            log(&method, dest, true, 502, true, Some(why.into()));
+            text(StatusCode::BAD_GATEWAY, why)
         }
         Err(e) => {
             *slot = None;

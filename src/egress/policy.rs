@@ -59,9 +59,13 @@ pub fn parse_host_port(text: &str) -> Result<Destination, String> {
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| bad("the port must be 1-65535"))?;
-    let host = host.to_ascii_lowercase();
+    let mut host = host.to_ascii_lowercase();
     if !valid_host(&host) {
         return Err(bad("not a host name or IP address"));
+    }
+    // One spelling per address: `[0::1]` is `[::1]`.
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        host = ip.to_string();
     }
     Ok(Destination { host, port })
 }
@@ -247,6 +251,7 @@ mod tests {
         assert_eq!(d("API.Example.com:443").host, "api.example.com");
         assert_eq!(d("[::1]:8080").to_string(), "[::1]:8080");
         assert_eq!(d("10.0.0.1:80").port, 80);
+        assert_eq!(d("[0:0::1]:80").host, "::1", "canonical addresses");
         for bad in [
             "example.com",
             "example.com:0",

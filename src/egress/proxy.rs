@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,15 +43,26 @@ pub struct ProxySettings {
     pub ca_dir: Option<PathBuf>,
     /// Extra PEM certificates trusted upstream, besides the system's.
     pub upstream_ca_pem: Vec<String>,
+    /// Clients may connect only from these networks (empty: any).
+    pub allow_from: Vec<ipnet::IpNet>,
 }
 
 /// State shared by every connection.
 pub struct Shared {
     pub policy: Policy,
     ca: Option<RunCa>,
-    leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
+    /// Leaf configs per host, and when each was made.
+    leaves: Mutex<HashMap<String, (Instant, Arc<ServerConfig>)>>,
     pub client_tls: Arc<ClientConfig>,
+    allow_from: Vec<ipnet::IpNet>,
 }
+
+/// A leaf is replaced after this long (it is valid for a day).
+const LEAF_REFRESH: Duration = Duration::from_secs(12 * 3600);
+/// Client connections served at once; more wait.
+const MAX_CONNECTIONS: usize = 512;
+/// How long a client may take to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -62,8 +73,10 @@ impl Shared {
     /// per-run CA), made once per host.
     pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
         let mut leaves = self.leaves.lock().expect("leaf cache");
-        if let Some(c) = leaves.get(host) {
-            return Ok(c.clone());
+        if let Some((made, c)) = leaves.get(host) {
+            if made.elapsed() < LEAF_REFRESH {
+                return Ok(c.clone());
+            }
         }
         let ca = self.ca.as_ref().ok_or("no CA: no credential routes")?;
         let leaf = ca.leaf(host)?;
@@ -75,7 +88,7 @@ impl Shared {
             .map_err(|e| e.to_string())?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let config = Arc::new(config);
-        leaves.insert(host.to_owned(), config.clone());
+        leaves.insert(host.to_owned(), (Instant::now(), config.clone()));
         Ok(config)
     }
 }
@@ -149,6 +162,7 @@ impl Proxy {
                 ca,
                 leaves: Mutex::new(HashMap::new()),
                 client_tls: Arc::new(client_config(&settings.upstream_ca_pem)?),
+                allow_from: settings.allow_from,
             }),
         })
     }
@@ -170,8 +184,12 @@ impl Proxy {
 
     /// Serves connections until the task is dropped.
     pub async fn serve(self) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let (stream, _) = match self.listener.accept().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match self.listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -179,14 +197,26 @@ impl Proxy {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
+            let client = peer.ip().to_canonical();
+            if !shared.allow_from.is_empty()
+                && !shared.allow_from.iter().any(|n| n.contains(&client))
+            {
+                decision::emit(
+                    &json!({"event": "client_refused", "ts": crate::contract::now_rfc3339(), "client": client.to_string()}),
+                );
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = service_fn(move |req| {
                     let shared = shared.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(req, shared).await) }
                 });
                 if let Err(e) = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades()
                     .await
@@ -296,11 +326,25 @@ pub async fn connect_tls(
 
 async fn connect(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> {
     let method = req.method().clone();
-    let Some(dest) = req
+    let target = req
         .uri()
         .authority()
-        .and_then(|a| parse_host_port(a.as_str()).ok())
-    else {
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
+    let Ok(dest) = parse_host_port(&target) else {
+        let shown: String = target.chars().take(200).collect();
+        let unknown = Destination {
+            host: shown,
+            port: 0,
+        };
+        log(
+            &method,
+            &unknown,
+            false,
+            400,
+            false,
+            Some("not host:port".into()),
+        );
         return text(StatusCode::BAD_REQUEST, "CONNECT needs host:port");
     };
     match shared.policy.decide(&dest) {
@@ -347,7 +391,7 @@ async fn connect(req: Request<Incoming>, shared: Arc<Shared>) -> Response<Body> 
 }
 
 /// Headers that belong to one hop, never forwarded.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -380,11 +424,14 @@ pub fn prepare(
     https: bool,
     credential: Option<&Credential>,
 ) {
-    let target = req
+    let mut target = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+        .unwrap_or_default();
+    if !target.starts_with('/') {
+        target.insert(0, '/');
+    }
     *req.uri_mut() = target
         .parse::<Uri>()
         .unwrap_or_else(|_| Uri::from_static("/"));
@@ -425,6 +472,9 @@ where
         .send_request(req)
         .await
         .map_err(|e| format!("upstream request: {e}"))?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("protocol upgrades are not supported through the egress proxy".into());
+    }
     strip_hop_by_hop(resp.headers_mut());
     Ok(resp.map(|b| b.boxed()))
 }
@@ -450,11 +500,29 @@ async fn forward(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Bo
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
+    if uri.port().is_some() && uri.port_u16().is_none_or(|p| p == 0) {
+        return text(StatusCode::BAD_REQUEST, "the URL's port is not 1-65535");
+    }
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let dest = Destination { host, port };
     let credential = match shared.policy.decide(&dest) {
         Verdict::Deny => return denied(&method, &dest),
         Verdict::Allow => None,
+        // Never a secret over cleartext.
+        Verdict::Credential(_) if !https => {
+            log(
+                &method,
+                &dest,
+                false,
+                403,
+                false,
+                Some("a credential route needs https".into()),
+            );
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!("bus egress-proxy: {dest} carries a credential: use https://"),
+            );
+        }
         Verdict::Credential(c) => Some(c.clone()),
     };
     prepare(&mut req, &dest, https, credential.as_ref());

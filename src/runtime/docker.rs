@@ -620,6 +620,12 @@ impl ContainerRuntime for DockerRuntime {
             driver: Some("bridge".into()),
             internal: Some(true),
             labels: Some(labels.clone().into_iter().collect()),
+            // No address of the host's on the bridge: a container on it
+            // cannot reach the host's own services through a gateway.
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.inhibit_ipv4".to_owned(),
+                "true".to_owned(),
+            )])),
             ..Default::default()
         };
         async move {
@@ -687,9 +693,38 @@ impl ContainerRuntime for DockerRuntime {
             Ok(info
                 .network_settings
                 .and_then(|n| n.networks)
-                .and_then(|mut n| n.remove(&network))
+                .and_then(|n| {
+                    n.into_iter()
+                        .find(|(name, e)| {
+                            *name == network || e.network_id.as_deref() == Some(network.as_str())
+                        })
+                        .map(|(_, e)| e)
+                })
                 .and_then(|e| e.ip_address)
                 .filter(|ip| !ip.is_empty()))
+        }
+        .boxed_local()
+    }
+
+    fn network_subnet(
+        &self,
+        network: &str,
+    ) -> LocalBoxFuture<'static, Result<Option<String>, RuntimeError>> {
+        let (this, network) = (self.clone(), network.to_owned());
+        async move {
+            let info = this
+                .ready_client()
+                .await?
+                .inspect_network(
+                    &network,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+                .map_err(map_err)?;
+            Ok(info
+                .ipam
+                .and_then(|i| i.config)
+                .and_then(|c| c.into_iter().find_map(|c| c.subnet)))
         }
         .boxed_local()
     }
@@ -744,7 +779,7 @@ impl ContainerRuntime for DockerRuntime {
                 .filter_map(|n| {
                     let labels = n.labels.unwrap_or_default();
                     Some(Managed {
-                        id: n.name?,
+                        id: n.id?,
                         run_id: labels.get(labels::RUN_ID).cloned().unwrap_or_default(),
                         pool: None,
                     })

@@ -160,7 +160,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         })
     }
 
-    /// Creates an internal network (no route out); returns its id.
+    /// Creates an internal network (no route out, no host address on
+    /// it); returns its id. Later calls name it by that id (names of
+    /// networks need not be unique).
     fn create_network(
         &self,
         name: &str,
@@ -183,6 +185,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         refuse(self.provider(), "remove networks", name)
     }
 
+    /// A network's (first) subnet, `a.b.c.d/n`.
+    fn network_subnet(
+        &self,
+        network: &str,
+    ) -> LocalBoxFuture<'static, Result<Option<String>, RuntimeError>> {
+        refuse(self.provider(), "inspect networks", network)
+    }
+
     /// A running container's address on a network.
     fn network_ip(
         &self,
@@ -201,8 +211,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         refuse(self.provider(), "copy files into containers", container)
     }
 
-    /// Every network labelled as managed by `worker_id` (`id` is its
-    /// name; `run_id` its run's).
+    /// Every network labelled as managed by `worker_id` (by id; `run_id`
+    /// is its run's).
     fn list_managed_networks(
         &self,
         _worker_id: &str,

@@ -6,7 +6,7 @@
 use crate::config::{Config, Profile, SandboxSettings};
 use crate::contract::{ErrorDetail, ErrorType};
 use crate::runtime::{labels, ContainerSpec, MountSpec};
-use crate::worker::sandbox::{plan_sandbox, SandboxPlan};
+use crate::worker::sandbox::{plan_sandbox, SandboxPlan, Secrets};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -57,7 +57,7 @@ pub struct RunPlan {
     pub sandbox: Option<SandboxPlan>,
     /// Values the run's output must not show (credential and forwarded
     /// secrets), replaced by `[redacted]`.
-    pub secrets: Vec<String>,
+    pub secrets: Secrets,
 }
 
 fn bad(message: impl Into<String>) -> ErrorDetail {
@@ -168,12 +168,12 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
     let mut env: Vec<(String, String)> = Vec::new();
     let mut mounts = Vec::new();
     let mut workdir = req.workdir.clone();
-    let mut secrets = Vec::new();
+    let mut secrets = Secrets::default();
     if let Some(p) = profile {
         env.extend(p.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         for name in &p.forward_env {
             if let Ok(value) = std::env::var(name) {
-                secrets.push(value.clone());
+                secrets.add(value.clone());
                 env.push((name.clone(), value));
             }
         }
@@ -205,7 +205,9 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
     let egress = match (profile, &profile_name) {
         (Some(p), Some(name)) if !p.egress.is_empty() => {
             let (plan, values) = plan_sandbox(name, &p.egress, config, &container_labels, &run_id)?;
-            secrets.extend(values);
+            for v in values.values() {
+                secrets.add(v);
+            }
             Some(plan)
         }
         _ => None,

@@ -61,12 +61,12 @@ pub fn plan_sandbox(
     config: &Config,
     run_labels: &BTreeMap<String, String>,
     run_id: &str,
-) -> Result<(SandboxPlan, Vec<String>), ErrorDetail> {
+) -> Result<(SandboxPlan, Secrets), ErrorDetail> {
     let misconfigured = |m: String| ErrorDetail::new(ErrorType::BackendError, m);
     let mut allow = Vec::new();
     let mut credentials = Vec::new();
     let mut env = BTreeMap::new();
-    let mut secrets = Vec::new();
+    let mut secrets = Secrets::default();
     for route in routes {
         match route {
             EgressRoute::Host(h) => allow.push(h.clone()),
@@ -84,7 +84,7 @@ pub fn plan_sandbox(
                             c.host, c.value_env
                         ))
                     })?;
-                secrets.push(value.clone());
+                secrets.add(value.clone());
                 env.insert(c.value_env.clone(), value);
                 credentials.push(credential);
             }
@@ -168,11 +168,11 @@ pub fn plan_sandbox(
 /// resolver would forward), and the CA bundle as a file.
 pub fn sandbox_agent(
     spec: &mut ContainerSpec,
-    plan: &SandboxPlan,
+    network: &str,
     proxy_ip: &str,
     ca_pem: Option<&str>,
 ) -> Vec<FileSpec> {
-    spec.network = plan.network.clone();
+    spec.network = network.to_owned();
     spec.dns = vec![proxy_ip.to_owned()];
     let proxy = format!("http://{proxy_ip}:{SIDECAR_PORT}");
     let mut env: Vec<(String, String)> = Vec::new();
@@ -212,15 +212,47 @@ pub fn sandbox_agent(
     files
 }
 
-/// `text` with every secret value replaced by `[redacted]`.
-pub fn redact(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_owned();
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "[redacted]");
+/// Secret values a run's output must not show. Its `Debug` shows how
+/// many, never what.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(Vec<String>);
+
+/// Shorter values are not redacted: they would mangle ordinary output.
+pub const REDACT_MIN: usize = 8;
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} values)", self.0.len())
+    }
+}
+
+impl Secrets {
+    pub fn add(&mut self, value: String) {
+        if value.len() >= REDACT_MIN && !self.0.contains(&value) {
+            self.0.push(value);
+            // Longest first: a value holding another is replaced whole.
+            self.0.sort_by_key(|v| std::cmp::Reverse(v.len()));
         }
     }
-    out
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn values(&self) -> Vec<String> {
+        self.0.clone()
+    }
+
+    /// `text` with every value replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.0 {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "[redacted]");
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -229,12 +261,16 @@ mod tests {
 
     #[test]
     fn redaction() {
-        let secrets = vec!["s3cret-1".to_owned(), "ab".to_owned()];
+        let mut secrets = Secrets::default();
+        for v in ["s3cret-1", "ab", "s3cret-1-and-more"] {
+            secrets.add(v.to_owned());
+        }
         assert_eq!(
-            redact("x s3cret-1 y s3cret-1", &secrets),
+            secrets.redact("x s3cret-1 y s3cret-1-and-more"),
             "x [redacted] y [redacted]"
         );
-        assert_eq!(redact("ab", &secrets), "ab", "too short to redact safely");
+        assert_eq!(secrets.redact("ab"), "ab", "too short to redact safely");
+        assert_eq!(format!("{secrets:?}"), "Secrets(2 values)");
     }
 
     #[test]
@@ -257,7 +293,7 @@ mod tests {
             "run_1",
         )
         .unwrap();
-        assert_eq!(secrets, ["tok-123456"]);
+        assert_eq!(secrets.redact("a tok-123456 b"), "a [redacted] b");
         let argv = plan.sidecar.command.join(" ");
         assert!(argv.contains("--allow a.test:443"), "{argv}");
         assert!(argv.contains(
@@ -269,7 +305,7 @@ mod tests {
         assert!(!format!("{plan:?}").contains("tok-123456"));
         assert!(plan.intercepts);
         let mut agent = ContainerSpec::default();
-        let files = sandbox_agent(&mut agent, &plan, "10.9.0.2", Some("-----CA-----"));
+        let files = sandbox_agent(&mut agent, &plan.network, "10.9.0.2", Some("-----CA-----"));
         assert_eq!(agent.network, "bus-net-run_1");
         assert_eq!(agent.dns, ["10.9.0.2"]);
         assert!(agent

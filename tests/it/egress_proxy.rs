@@ -102,6 +102,26 @@ impl ProxyProcess {
             .collect()
     }
 
+    /// Whether a stdout line containing `needle` comes within `limit`.
+    fn printed_within(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn all_output(&self) -> String {
         let mut all = self.stdout.lock().unwrap().join("\n");
         all.push_str(&self.stderr.lock().unwrap().join("\n"));
@@ -323,6 +343,67 @@ async fn a_credential_route_injects_its_header_over_intercepted_tls() {
         .is_err());
 }
 
+#[actix_rt::test]
+async fn clients_outside_allow_from_are_refused_and_credentials_never_go_in_cleartext() {
+    let up = Upstream::start(None).await;
+    let allowed = format!("127.0.0.1:{}", up.port);
+    let other = ProxyProcess::start(
+        &["--allow", &allowed, "--allow-from", "10.0.0.0/8"],
+        None,
+        &[],
+    );
+    let reply = within(
+        10,
+        "refused client",
+        raw(
+            other.addr,
+            &format!("GET http://{allowed}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        ),
+    )
+    .await;
+    assert!(
+        reply.is_empty(),
+        "no answer for a client outside --allow-from: {reply}"
+    );
+    assert!(up.heads().is_empty());
+    assert!(
+        other.printed_within("client_refused", Duration::from_secs(5)),
+        "the refusal is logged"
+    );
+
+    let route = format!("127.0.0.1:{}=Authorization=TEST_TOKEN", up.port);
+    let proxy = ProxyProcess::start(
+        &["--credential", &route, "--allow-from", "127.0.0.0/8"],
+        None,
+        &[("TEST_TOKEN", "cleartext-secret-1")],
+    );
+    let plain = within(
+        10,
+        "credential over http",
+        raw(
+            proxy.addr,
+            &format!("GET http://{allowed}/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        ),
+    )
+    .await;
+    assert!(plain.starts_with("HTTP/1.1 403"), "{plain}");
+    assert!(up.heads().is_empty(), "nothing sent upstream");
+    let bad = within(10, "bad CONNECT", tunnel(proxy.addr, "nohost")).await;
+    assert!(bad.unwrap_err().starts_with("HTTP/1.1 400"));
+    assert!(proxy.printed_within("nohost", Duration::from_secs(5)));
+    let log = proxy.decisions();
+    assert!(
+        log.iter()
+            .any(|d| d["status"] == 403 && d["reason"] == "a credential route needs https"),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|d| d["status"] == 400 && d["host"] == "nohost"),
+        "{log:?}"
+    );
+}
+
 #[test]
 fn bad_flags_and_missing_secrets_are_usage_errors() {
     let run = |args: &[&str]| {
@@ -345,6 +426,9 @@ fn bad_flags_and_missing_secrets_are_usage_errors() {
     assert!(err.contains("NOPE_NOT_SET"), "{err}");
     let (code, err) = run(&["--credential", "a.test:443=Proxy-Authorization=T"]);
     assert_eq!(code, Some(2), "{err}");
+    let (code, err) = run(&["--allow-from", "nope"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("CIDR"), "{err}");
     let (code, err) = run(&["--secrets-stdin"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("JSON object"), "{err}");

@@ -184,7 +184,7 @@ egress = ["{host}:8080", {{ host = "{host}:8443", header = "Authorization", valu
     let token = token.trim();
     let ip = &out.ip;
     let agent_script = format!(
-        r#"sleep 3
+        r#"sleep 6
 echo "allowed=$(curl -sS --retry 5 --retry-delay 1 -m 10 http://{host}:8080/)"
 echo "denied=$(curl -s -m 10 -o /dev/null -w '%{{http_code}}' http://{host}:9090/)"
 echo "cred=$(curl -sS --retry 5 --retry-delay 1 -m 10 -H 'Authorization: Bearer agent-forged' https://{host}:8443/check)"
@@ -226,7 +226,6 @@ if timeout 8 nslookup {host} >/dev/null 2>&1; then echo dns=open; else echo dns=
         "the secret is nowhere in the agent's inspect"
     );
     let info: Value = serde_json::from_str::<Value>(&inspected).unwrap()[0].clone();
-    assert_eq!(info["HostConfig"]["NetworkMode"], network.as_str());
     assert_eq!(info["HostConfig"]["CapDrop"], json!(["ALL"]));
     assert_eq!(info["HostConfig"]["ReadonlyRootfs"], true);
     let networks = info["NetworkSettings"]["Networks"].as_object().unwrap();
@@ -257,10 +256,45 @@ if timeout 8 nslookup {host} >/dev/null 2>&1; then echo dns=open; else echo dns=
     );
     let (ok, net) = docker(&["network", "inspect", &network]);
     assert!(ok, "{net}");
+    let net: Value = serde_json::from_str::<Value>(&net).unwrap()[0].clone();
+    assert_eq!(net["Internal"], true);
+    // The host has no address on the run's bridge: nothing on the host
+    // is reachable through a gateway.
     assert_eq!(
-        serde_json::from_str::<Value>(&net).unwrap()[0]["Internal"],
-        true
+        net["Options"]["com.docker.network.bridge.inhibit_ipv4"],
+        "true"
     );
+    let bridge = format!("br-{}", &net["Id"].as_str().unwrap()[..12]);
+    let addrs = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &bridge])
+        .output()
+        .unwrap();
+    assert!(addrs.status.success(), "{bridge} exists");
+    assert!(
+        addrs.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&addrs.stdout)
+    );
+    // Another container on the outside network cannot use the run's proxy.
+    let sidecar_info: Value = serde_json::from_str::<Value>(&sidecar_inspect).unwrap()[0].clone();
+    let sidecar_outside = sidecar_info["NetworkSettings"]["Networks"][&out.network]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let borrow = format!(
+        "curl -sS -m 5 -x http://{sidecar_outside}:3128 http://{host}:8080/ && echo borrowed=yes || echo borrowed=no"
+    );
+    let (_, borrowed) = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        &out.network,
+        TOOLS,
+        "sh",
+        "-c",
+        &borrow,
+    ]);
+    assert!(borrowed.contains("borrowed=no"), "{borrowed}");
 
     // The result.
     let mut record = Value::Null;
@@ -312,6 +346,7 @@ if timeout 8 nslookup {host} >/dev/null 2>&1; then echo dns=open; else echo dns=
             .any(|d| d["credential"] == true && d["status"] == 200),
         "{egress}"
     );
+    assert!(egress["refused_clients"].as_u64() >= Some(1), "{egress}");
 
     // The server got the header; the UDP listener got nothing.
     let logs = out.logs();
