@@ -65,16 +65,11 @@ fn bad(message: impl Into<String>) -> ErrorDetail {
 }
 
 fn check_env_name(name: &str) -> Result<(), ErrorDetail> {
-    let ok = !name.is_empty()
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(format!(
+    crate::egress::policy::check_env_name(name).map_err(|_| {
+        bad(format!(
             "env name {name:?} must be letters, digits and '_' (not starting with a digit)"
-        )))
-    }
+        ))
+    })
 }
 
 /// Plans a run for `owner` (the effective owner), or says why not.

@@ -144,6 +144,22 @@ impl Outside {
     }
 }
 
+/// `sh -c SCRIPT` in a tools container on the outside network: what a
+/// neighbour of the run's proxy could do.
+fn from_outside(out: &Outside, script: &str) -> String {
+    docker(&[
+        "run",
+        "--rm",
+        "--network",
+        &out.network,
+        TOOLS,
+        "sh",
+        "-c",
+        script,
+    ])
+    .1
+}
+
 fn gone(kind: &str, name: &str) -> bool {
     let (ok, out) = docker(&[kind, "inspect", name]);
     let out = out.to_lowercase();
@@ -284,16 +300,7 @@ if timeout 8 nslookup {host} >/dev/null 2>&1; then echo dns=open; else echo dns=
     let borrow = format!(
         "curl -sS -m 5 -x http://{sidecar_outside}:3128 http://{host}:8080/ && echo borrowed=yes || echo borrowed=no"
     );
-    let (_, borrowed) = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        &out.network,
-        TOOLS,
-        "sh",
-        "-c",
-        &borrow,
-    ]);
+    let borrowed = from_outside(&out, &borrow);
     assert!(borrowed.contains("borrowed=no"), "{borrowed}");
 
     // The result.
@@ -385,16 +392,7 @@ if timeout 8 nslookup {host} >/dev/null 2>&1; then echo dns=open; else echo dns=
     let control = format!(
         "nc -w 3 {ip} 8080 </dev/null >/dev/null 2>&1 && echo direct=open; timeout 8 nslookup leak.example.invalid {ip} >/dev/null 2>&1; sleep 1"
     );
-    let (_, probed) = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        &out.network,
-        TOOLS,
-        "sh",
-        "-c",
-        &control,
-    ]);
+    let probed = from_outside(&out, &control);
     assert!(probed.contains("direct=open"), "{probed}");
     assert!(
         out.logs().contains("UDP-RECEIVED"),
