@@ -30,7 +30,7 @@ use crate::runtime::{
     Attached, Chunk, ExecSpec, FileSpec, OutputStream, RuntimeError, SharedRuntime,
 };
 use crate::worker::outcome::{Ending, RunResult};
-use crate::worker::sandbox::sandbox_agent;
+use crate::worker::sandbox::{sandbox_agent, LiveRedactor};
 use crate::worker::utf8::Utf8Carry;
 use crate::worker::RunPlan;
 use actix::prelude::*;
@@ -139,6 +139,8 @@ pub struct ContainerSession {
     dropped_events: u64,
     /// The run's network and egress proxy, while they exist.
     sandbox: Option<Addr<Sandbox>>,
+    /// Secret values kept out of live output events.
+    live: LiveRedactor,
 }
 
 impl ContainerSession {
@@ -175,6 +177,7 @@ impl ContainerSession {
             relay,
             dropped_events: 0,
             sandbox: None,
+            live: LiveRedactor::default(),
         }
     }
 
@@ -561,7 +564,11 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
             OutputStream::Stderr => &mut self.stderr,
         };
         if let Some(text) = capture.take(&chunk.data) {
-            let text = self.plan.secrets.redact(&text);
+            let index = (chunk.stream == OutputStream::Stderr) as usize;
+            let text = self.live.push(&self.plan.secrets, index, &text);
+            if text.is_empty() {
+                return;
+            }
             let seq = self.seq;
             self.seq += 1;
             let payload = json!({"run_id": self.plan.run_id, "owner_account_id": self.plan.owner, "seq": seq, "stream": chunk.stream.as_str(), "data": text});
@@ -575,7 +582,11 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
                 OutputStream::Stdout => &mut self.stdout,
                 OutputStream::Stderr => &mut self.stderr,
             };
-            let rest = self.plan.secrets.redact(&capture.carry.finish());
+            let index = (stream == OutputStream::Stderr) as usize;
+            let mut rest = self
+                .live
+                .push(&self.plan.secrets, index, &capture.carry.finish());
+            rest.push_str(&self.live.finish(&self.plan.secrets, index));
             if !rest.is_empty() {
                 let seq = self.seq;
                 self.seq += 1;

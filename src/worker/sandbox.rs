@@ -243,6 +243,10 @@ impl Secrets {
         self.0.clone()
     }
 
+    fn longest(&self) -> usize {
+        self.0.first().map(String::len).unwrap_or(0)
+    }
+
     /// `text` with every value replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
@@ -252,6 +256,36 @@ impl Secrets {
             }
         }
         out
+    }
+}
+
+/// Live output redacted across chunk boundaries: the last bytes of each
+/// stream that could begin a secret wait for the stream's next chunk.
+#[derive(Debug, Default)]
+pub struct LiveRedactor {
+    held: [String; 2],
+}
+
+impl LiveRedactor {
+    /// What of `text` (after what `stream` held) can go out now.
+    pub fn push(&mut self, secrets: &Secrets, stream: usize, text: &str) -> String {
+        if secrets.is_empty() {
+            return text.to_owned();
+        }
+        let mut all = std::mem::take(&mut self.held[stream]);
+        all.push_str(text);
+        let redacted = secrets.redact(&all);
+        let mut cut = redacted.len().saturating_sub(secrets.longest() - 1);
+        while !redacted.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.held[stream] = redacted[cut..].to_owned();
+        redacted[..cut].to_owned()
+    }
+
+    /// The rest of `stream`, at its end.
+    pub fn finish(&mut self, secrets: &Secrets, stream: usize) -> String {
+        secrets.redact(&std::mem::take(&mut self.held[stream]))
     }
 }
 
@@ -271,6 +305,25 @@ mod tests {
         );
         assert_eq!(secrets.redact("ab"), "ab", "too short to redact safely");
         assert_eq!(format!("{secrets:?}"), "Secrets(2 values)");
+    }
+
+    #[test]
+    fn live_output_is_redacted_across_chunks() {
+        let mut secrets = Secrets::default();
+        secrets.add("tok-ABCDEFGH".into());
+        let mut live = LiveRedactor::default();
+        let mut out = String::new();
+        for chunk in ["hello tok-AB", "CDEF", "GH bye é", "tok-ABCDEFGH"] {
+            let part = live.push(&secrets, 0, chunk);
+            assert!(!part.contains("tok-AB"), "{part}");
+            out.push_str(&part);
+        }
+        out.push_str(&live.finish(&secrets, 0));
+        assert_eq!(out, "hello [redacted] bye é[redacted]");
+        assert_eq!(
+            LiveRedactor::default().push(&Secrets::default(), 1, "x"),
+            "x"
+        );
     }
 
     #[test]

@@ -363,8 +363,27 @@ if timeout 8 nslookup {host} >/dev/null 2>&1; then echo dns=open; else echo dns=
     assert!(!logs.contains("agent-forged"), "{logs}");
     assert!(!logs.contains("UDP-RECEIVED"), "{logs}");
 
-    // Nowhere else: not the record, the ledger on disk, or the logs.
+    // Nowhere else: not the record, the run's output log, the ledger on
+    // disk, or the logs.
     assert!(!record.to_string().contains(&secret));
+    let mut logs = crate::support::http()
+        .get(format!("{}/api/v1/containers/runs/{run_id}/logs", dev.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let output = String::from_utf8_lossy(&logs.body().limit(8 << 20).await.unwrap()).into_owned();
+    let stdout_chunks: String = output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["stream"] == "stdout")
+        .filter_map(|v| v["data"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        stdout_chunks.contains("auth-ok echo=Bearer [redacted]"),
+        "{output}"
+    );
+    assert!(!output.contains(&secret), "{output}");
     for entry in std::fs::read_dir(dev.data.path()).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
