@@ -1,6 +1,7 @@
 //! Property-based fuzzing (proptest) of what reads untrusted input:
 //! envelope and publication parsing, run-body validation and planning,
-//! JWT verification, `.bus` line parsing and Go durations. Each target
+//! JWT verification, `.bus` line parsing, Go durations, and the egress
+//! proxy's destinations and routes (a sandboxed run names those). Each target
 //! takes arbitrary bytes, the seed corpus in `tests/fuzz-corpus/<target>`,
 //! and mutations of those seeds; none may panic, and what parses must
 //! round-trip or be refused consistently. A failing case is saved by
@@ -10,6 +11,7 @@
 use bus_containers::auth::{issue_token, IssueRequest, Secrets, Verifier, AUDIENCE_API};
 use bus_containers::cli::busfile::words;
 use bus_containers::contract::{validate_name, Envelope, Publication};
+use bus_containers::egress::policy::{parse_host_port, Allow, Credential};
 use bus_containers::parse::{format_duration, parse_duration};
 use bus_containers::provider::body::{strict_object, CreateRun};
 use bus_containers::worker::plan::{plan_run, RunRequest, WorkerSettings};
@@ -164,5 +166,17 @@ proptest! {
         let _ = parse_duration(&String::from_utf8_lossy(&bytes));
         let d = Duration::from_millis(ms);
         prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+    }
+
+    #[test]
+    fn egress_destinations_parse_without_panic_and_round_trip(bytes in input("egress")) {
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = Allow::parse(&text);
+        if let Ok(c) = Credential::parse(&text) {
+            prop_assert_eq!(Credential::parse(&c.to_arg()).map(|c| c.to_arg()), Ok(c.to_arg()));
+        }
+        if let Ok(d) = parse_host_port(&text) {
+            prop_assert_eq!(parse_host_port(&d.to_string()), Ok(d));
+        }
     }
 }
