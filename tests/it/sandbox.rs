@@ -502,6 +502,14 @@ async fn a_sidecar_that_cannot_start_is_a_clear_error_and_leaves_nothing() {
     let r = f
         .run(json!({"run_id": "run_sbx_noimage", "profile": "agent", "args": ["true"]}))
         .await;
+    let status = f
+        .ask(Kind::RunnerStatus, json!({}), Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        status["status"]["details"]["profiles"]["egress proxy"],
+        json!({"image": "bus-egress:missing", "present": false}),
+        "runner status names the missing proxy image: {status}"
+    );
     let message = r["error"]["message"].as_str().unwrap_or_default();
     assert_eq!(r["error"]["type"], "backend_error", "{r}");
     assert!(message.contains("build-egress-image"), "{message}");

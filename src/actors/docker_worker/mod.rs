@@ -543,14 +543,17 @@ impl Actor for DockerWorker {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
         if let Engine::Containers(runtime) = &self.engine {
-            let images: BTreeMap<String, String> = self
-                .config
-                .settings
-                .config
+            let config = &self.config.settings.config;
+            let mut images: BTreeMap<String, String> = config
                 .profiles
                 .iter()
                 .filter_map(|(name, p)| p.image.clone().map(|i| (name.clone(), i)))
                 .collect();
+            // Sandboxed profiles need the proxy's image too (the key is no
+            // profile name: those have no spaces).
+            if config.profiles.values().any(|p| !p.egress.is_empty()) {
+                images.insert("egress proxy".into(), config.worker.egress_image.clone());
+            }
             let config = RunnerConfig {
                 worker_id: self.config.worker_id().to_owned(),
                 images,
