@@ -200,6 +200,7 @@ impl Handler<Start> for Runner {
             self.state.send_replace(RunnerState::Starting);
         }
         let runtime = self.runtime.clone();
+        let egress = self.config.images.get("egress proxy").cloned();
         let images: Vec<String> = self
             .config
             .images
@@ -221,9 +222,14 @@ impl Handler<Start> for Runner {
                         .pull(&image, Box::new(move |line| tracing::debug!(image = %log_image, "{line}")))
                         .await
                         .map_err(|e| {
+                            let script = if egress.as_deref() == Some(image.as_str()) {
+                                "scripts/build-egress-image target/release/bus"
+                            } else {
+                                "scripts/build-test-image"
+                            };
                             ErrorDetail::new(
                                 ErrorType::Unavailable,
-                                format!("image {image} is missing and could not be pulled ({e}); where no registry can be reached, build it locally with scripts/build-test-image {image}"),
+                                format!("image {image} is missing and could not be pulled ({e}); where no registry can be reached, build it locally with {script} {image}"),
                             )
                         })?;
                 }
