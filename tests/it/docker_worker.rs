@@ -301,27 +301,8 @@ async fn hardening_shows_in_docker_inspect() {
     let Some(f) = Fixture::start().await else {
         return;
     };
-    let mut started = f
-        .broker
-        .subscribe(SubscribeSpec::broadcast("bus.docker.run.started"))
-        .await
-        .unwrap();
-    let api = f.api.clone();
-    let run = actix_rt::spawn(async move {
-        let p = json!({"run_id": "run_inspect", "owner_account_id": "alice", "profile": "codex", "args": ["sleep", "30"]});
-        api.request(bus_containers::request::Request::new(
-            "bus.docker.run.request",
-            p,
-            Duration::from_secs(60),
-        ))
-        .await
-        .unwrap()
-    });
-    let ev = within(30, "run.started", started.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let id = ev.payload["container_id"].as_str().unwrap().to_owned();
+    let (run, ev) = f.start_run(json!({"run_id": "run_inspect", "owner_account_id": "alice", "profile": "codex", "args": ["sleep", "30"]})).await;
+    let id = ev["container_id"].as_str().unwrap().to_owned();
     let out = std::process::Command::new("docker")
         .args(["inspect", &id])
         .output()

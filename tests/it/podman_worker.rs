@@ -2,10 +2,7 @@
 
 use crate::support::docker::{podman, test_config, Fixture};
 use crate::support::within;
-use bus_containers::broker::SubscribeSpec;
 use bus_containers::containers::Kind;
-use bus_containers::request::Request;
-use futures::StreamExt;
 use serde_json::json;
 use std::time::Duration;
 
@@ -37,26 +34,7 @@ async fn podman_runs_times_out_feeds_stdin_and_cleans_up() {
         .await;
     assert_eq!(fed["stdout"], "via podman", "{fed}");
 
-    let mut started = f
-        .broker
-        .subscribe(SubscribeSpec::broadcast("bus.docker.run.started"))
-        .await
-        .unwrap();
-    let api = f.api.clone();
-    let run = actix_rt::spawn(async move {
-        let p = json!({"run_id": "run_pod_cat", "owner_account_id": "alice", "profile": "codex", "args": ["cat"], "interactive": true});
-        api.request(Request::new(
-            "bus.docker.run.request",
-            p,
-            Duration::from_secs(60),
-        ))
-        .await
-        .unwrap()
-    });
-    within(30, "run.started", started.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let (run, _) = f.start_run(json!({"run_id": "run_pod_cat", "owner_account_id": "alice", "profile": "codex", "args": ["cat"], "interactive": true})).await;
     let wid = f.worker_id.clone();
     let input = json!({"run_id": "run_pod_cat", "owner_account_id": "alice", "worker_id": wid, "data": "typed", "eof": true});
     assert_eq!(

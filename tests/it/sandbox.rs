@@ -11,11 +11,9 @@ use crate::dev_stack::start_dev_with;
 use crate::support::docker::{engine, test_config, Fixture};
 use crate::support::tls::TestPki;
 use crate::support::{get, post, within};
-use bus_containers::broker::SubscribeSpec;
 use bus_containers::config::{Config, EgressRoute};
 use bus_containers::containers::Kind;
 use bus_containers::runtime::ContainerRuntime;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
@@ -461,25 +459,7 @@ async fn timeout_and_cancel_take_the_sandbox_down_too() {
     );
     nothing_left(&f, "run_sbx_timeout").await;
 
-    let mut started = f
-        .broker
-        .subscribe(SubscribeSpec::broadcast("bus.docker.run.started"))
-        .await
-        .unwrap();
-    let api = f.api.clone();
-    let run = actix_rt::spawn(async move {
-        api.request(bus_containers::request::Request::new(
-            "bus.docker.run.request",
-            json!({"run_id": "run_sbx_cancel", "owner_account_id": "alice", "profile": "agent", "args": ["sleep", "60"]}),
-            Duration::from_secs(60),
-        ))
-        .await
-        .unwrap()
-    });
-    within(60, "run.started", started.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let (run, _) = f.start_run(json!({"run_id": "run_sbx_cancel", "owner_account_id": "alice", "profile": "agent", "args": ["sleep", "60"]})).await;
     let deleted = f
         .ask(
             Kind::Delete,

@@ -5,13 +5,16 @@
 use super::{memory_broker, requester};
 use actix::Addr;
 use bus_containers::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
+use bus_containers::actors::waiter::Outcome;
 use bus_containers::broker::SharedBroker;
+use bus_containers::broker::SubscribeSpec;
 use bus_containers::config::Config;
 use bus_containers::containers::Kind;
 use bus_containers::request::{Request, Requester};
 use bus_containers::runtime::docker::{docker_host, DockerRuntime};
 use bus_containers::runtime::{ContainerRuntime, Managed, SharedRuntime};
 use bus_containers::worker::WorkerSettings;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +159,38 @@ impl Fixture {
             payload["owner_account_id"] = json!("alice");
         }
         self.ask(Kind::Run, payload, Duration::from_secs(120)).await
+    }
+
+    /// Starts a run (for `alice` unless it names an owner) in the
+    /// background and waits for its `run.started`: the run's eventual
+    /// outcome, and the started event's payload.
+    pub async fn start_run(
+        &self,
+        mut payload: Value,
+    ) -> (actix_rt::task::JoinHandle<Outcome>, Value) {
+        if payload.get("owner_account_id").is_none() {
+            payload["owner_account_id"] = json!("alice");
+        }
+        let mut started = self
+            .broker
+            .subscribe(SubscribeSpec::broadcast(format!(
+                "{}.run.started",
+                self.prefix
+            )))
+            .await
+            .unwrap();
+        let api = self.api.clone();
+        let name = Kind::Run.request(&self.prefix);
+        let run = actix_rt::spawn(async move {
+            api.request(Request::new(&name, payload, Duration::from_secs(60)))
+                .await
+                .unwrap()
+        });
+        let ev = super::within(60, "run.started", started.next())
+            .await
+            .unwrap()
+            .unwrap();
+        (run, ev.payload.clone())
     }
 
     pub async fn containers(&self) -> Vec<Managed> {
