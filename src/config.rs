@@ -195,6 +195,22 @@ pub struct CredentialRoute {
     pub prefix: String,
 }
 
+impl CredentialRoute {
+    /// The proxy's route (names only; the value is resolved later), or
+    /// why this one is not valid.
+    pub fn credential(&self) -> Result<crate::egress::Credential, String> {
+        if self.prefix.contains(['\r', '\n']) {
+            return Err("prefix must be one line".into());
+        }
+        let mut c = crate::egress::Credential::parse(&format!(
+            "{}={}={}",
+            self.host, self.header, self.value_env
+        ))?;
+        c.prefix = self.prefix.clone();
+        Ok(c)
+    }
+}
+
 impl EgressRoute {
     pub fn host(&self) -> &str {
         match self {
@@ -318,14 +334,8 @@ impl Config {
                     crate::egress::policy::parse_host_port(route.host())
                         .map_err(|e| format!("profiles.{name}.egress: {e}"))?;
                     if let EgressRoute::Credential(c) = route {
-                        crate::egress::Credential::parse(&format!(
-                            "{}={}={}",
-                            c.host, c.header, c.value_env
-                        ))
-                        .map_err(|e| format!("profiles.{name}.egress: {e}"))?;
-                        if c.prefix.contains(['\r', '\n']) {
-                            return Err(format!("profiles.{name}.egress: prefix must be one line"));
-                        }
+                        c.credential()
+                            .map_err(|e| format!("profiles.{name}.egress: {e}"))?;
                     }
                 }
             }

@@ -358,16 +358,13 @@ impl ContainerSession {
             };
             match ready {
                 Ok(ready) => {
-                    let Some(plan) = act.plan.sandbox.clone() else {
-                        return;
-                    };
                     let files = sandbox_agent(
                         &mut act.plan.spec,
                         &ready.network,
                         &ready.proxy_ip,
                         ready.ca_pem.as_deref(),
                     );
-                    tracing::info!(run_id = %act.plan.run_id, proxy = %ready.proxy_ip, network = %plan.network, "sandbox ready");
+                    tracing::info!(run_id = %act.plan.run_id, proxy = %ready.proxy_ip, network = %ready.network, "sandbox ready");
                     act.create_and_start(files, ctx);
                 }
                 Err(e) => act.fail(e, ctx),

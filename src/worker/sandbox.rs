@@ -7,7 +7,6 @@
 
 use crate::config::{Config, EgressRoute};
 use crate::contract::{ErrorDetail, ErrorType};
-use crate::egress::policy::Credential;
 use crate::egress::SIDECAR_PORT;
 use crate::runtime::{labels, ContainerSpec, FileSpec, Hardening, Limits};
 use serde_json::json;
@@ -71,10 +70,7 @@ pub fn plan_sandbox(
         match route {
             EgressRoute::Host(h) => allow.push(h.clone()),
             EgressRoute::Credential(c) => {
-                let mut credential =
-                    Credential::parse(&format!("{}={}={}", c.host, c.header, c.value_env))
-                        .map_err(misconfigured)?;
-                credential.prefix = c.prefix.clone();
+                let credential = c.credential().map_err(misconfigured)?;
                 let value = std::env::var(&c.value_env)
                     .ok()
                     .filter(|v| !v.is_empty())
