@@ -128,6 +128,8 @@ impl WarmPool {
         spec.name = Some(format!("bus-{slot}"));
         spec.stdin = false;
         spec.labels.remove(labels::OWNER);
+        // Idle until a run takes it: no run deadline.
+        spec.labels.remove(labels::DEADLINE);
         spec.labels.insert(labels::RUN_ID.to_owned(), slot);
         spec.labels
             .insert(labels::POOLED.to_owned(), self.config.instance.clone());

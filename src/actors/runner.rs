@@ -6,8 +6,10 @@
 //! The reaper removes containers labelled with this worker's id whose run
 //! no live session holds (what a crash left behind), then its sandboxed
 //! runs' networks likewise. It never touches
-//! another worker's containers, nor its own live warm pool's; pooled
-//! containers of an earlier process (another pool instance) are orphans.
+//! another worker's containers, nor its own live warm pool's, nor those
+//! of another live process that shares this worker id (the `bus.process`
+//! label, see [`crate::runtime::liveness`]); pooled containers of an
+//! earlier, dead process are orphans.
 
 use crate::contract::{ErrorDetail, ErrorType};
 use crate::runtime::SharedRuntime;
@@ -303,10 +305,12 @@ impl Handler<Reap> for Runner {
             }
             let mut held = live.send(ListLive).await.unwrap_or_default();
             held.extend(before);
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let mut removed = 0;
             for c in all
                 .into_iter()
                 .filter(|c| c.pool.as_deref() != Some(pool.as_str()) && !held.contains(&c.run_id))
+                .filter(|c| is_orphan(c, now))
             {
                 match runtime.remove(&c.id).await {
                     Ok(()) => {
@@ -319,7 +323,10 @@ impl Handler<Reap> for Runner {
                 }
             }
             // A sandboxed run's network, once its containers are gone.
-            for n in networks.into_iter().filter(|n| !held.contains(&n.run_id)) {
+            for n in networks
+                .into_iter()
+                .filter(|n| !held.contains(&n.run_id) && is_orphan(n, now))
+            {
                 match runtime.remove_network(&n.id).await {
                     Ok(()) => {
                         removed += 1;
@@ -332,6 +339,24 @@ impl Handler<Reap> for Runner {
             }
             removed
         })
+    }
+}
+
+/// Whether a container (or network) of this worker id that no live
+/// session here holds is an orphan: made by this process, by a process
+/// that is gone, or by one whose liveness cannot be told and whose run is
+/// past its deadline. What a live process of the same worker id holds
+/// (a second stack sharing the id) is never taken.
+fn is_orphan(c: &crate::runtime::Managed, now: i64) -> bool {
+    use crate::runtime::liveness::{Liveness, ProcessMark};
+    let Some(mark) = c.process.as_deref() else {
+        return true; // Made before containers carried their process.
+    };
+    let past_deadline = c.deadline.is_some_and(|d| d < now);
+    match ProcessMark::parse(mark).map(|m| m.liveness()) {
+        None | Some(Liveness::This) | Some(Liveness::Dead) => true,
+        Some(Liveness::Alive) => false,
+        Some(Liveness::Unknown) => past_deadline,
     }
 }
 

@@ -68,6 +68,25 @@ pub struct DevArgs {
     /// profile's `pool_size`; 0: none).
     #[arg(long, env = "BUS_POOL_SIZE")]
     pub pool_size: Option<usize>,
+    /// The worker's stable id, which labels its containers (default:
+    /// `dev-` and a hash of the data directory, so two stacks on one
+    /// engine never take each other's containers).
+    #[arg(long, env = "BUS_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+/// `dev-` and 8 hex digits of the data directory's absolute path
+/// (FNV-1a: stable across builds, unlike std's hasher).
+fn dev_worker_id(data_dir: &Path) -> String {
+    let path = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let hash = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("dev-{:08x}", hash as u32 ^ (hash >> 32) as u32)
 }
 
 fn load_config(args: &DevArgs) -> Result<(Config, String), Failure> {
@@ -237,6 +256,13 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
         .clone()
         .or(dev.data_dir.clone().map(PathBuf::from))
         .unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| Failure::error(format!("cannot create {}: {e}", data_dir.display())))?;
+    let worker_id = super::worker::check_worker_id(
+        args.worker_id
+            .clone()
+            .unwrap_or_else(|| dev_worker_id(&data_dir)),
+    )?;
     let auth = config_dir().join("auth");
     let secret = dev_secret(&auth)?;
     dev_tokens(&secret, &auth)?;
@@ -293,7 +319,7 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
             // In dev, explicit-image runs may use any image present locally.
             config.worker.allowed_images = vec!["*".into()];
         }
-        let settings = WorkerSettings { worker_id: "dev".into(), config: config.clone(), codex_mounts: vec![], codex_env: vec![] };
+        let settings = WorkerSettings { worker_id: worker_id.clone(), config: config.clone(), codex_mounts: vec![], codex_env: vec![] };
         let publisher = Requester::new(broker.clone(), BusIdentity::service("dev-worker"), ReplyMetrics::register(&metrics, "bus_worker"));
         let worker = DockerWorker::start(broker.clone(), publisher, engine, WorkerConfig::new(settings, "bus.docker")).await?;
         let opts = ContainersOptions {
@@ -313,6 +339,7 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
         let url = format!("http://{}", api.addr);
         let handle = api.server.handle();
         actix_rt::spawn(api.server);
+        println!("worker id: {worker_id} (its containers carry the label bus.worker_id={worker_id})");
         println!("bus dev is up ({} provider): {url}", match provider { DevProvider::Docker => "docker", DevProvider::Static => "static" });
         println!("try:\n  bus containers --api-url {url} run --profile codex -- sh -c 'printf OK'");
         println!("Ctrl-C stops it (runs in flight are cancelled and their containers removed).");

@@ -93,15 +93,7 @@ pub fn connect(args: &BusArgs) -> Result<BusConnection, Failure> {
     })
 }
 
-/// The host name: the default worker and instance id.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
+pub use crate::runtime::liveness::hostname;
 
 /// Starts the probe server when `--addr` is set; logs the bound address.
 pub fn serve_probes(

@@ -3,6 +3,7 @@
 use super::Failure;
 use crate::auth::{Acl, Secrets, Verifier, AUDIENCE_API};
 use crate::broker::memory::{HubConfig, MemoryBroker};
+use crate::broker::nats::{NatsBroker, NatsOptions};
 use crate::broker::SharedBroker;
 use crate::http::events::{EventsApi, MAX_PAYLOAD};
 use crate::http::probes::Probes;
@@ -42,10 +43,12 @@ pub struct EventsServerArgs {
     /// Largest publish body in bytes.
     #[arg(long, default_value_t = MAX_PAYLOAD)]
     pub max_payload_bytes: usize,
-    /// Events kept per name for replay.
+    /// Events kept per name for replay (memory: per name in the hub;
+    /// NATS: per subject in the JetStream replay stream).
     #[arg(long, default_value_t = HubConfig::default().replay_per_name)]
     pub replay_window: usize,
-    /// Events queued per subscriber before it is cut off as too slow.
+    /// Events queued per subscriber before it is cut off as too slow
+    /// (memory backend).
     #[arg(long, default_value_t = HubConfig::default().queue_capacity)]
     pub queue_capacity: usize,
     /// HTTP worker threads (default: one per core).
@@ -71,8 +74,20 @@ pub fn run(args: EventsServerArgs) -> Result<(), Failure> {
             replay_per_name: args.replay_window,
             ..HubConfig::default()
         };
-        let broker: SharedBroker =
-            Arc::new(MemoryBroker::start(hub, BusMetrics::register(&metrics)));
+        let broker: SharedBroker = match args.events_backend {
+            EventsBackend::Memory => {
+                Arc::new(MemoryBroker::start(hub, BusMetrics::register(&metrics)))
+            }
+            EventsBackend::Nats => {
+                let options = NatsOptions {
+                    replay_per_name: args.replay_window as i64,
+                    ..NatsOptions::default()
+                };
+                let nats = NatsBroker::connect(&args.nats_url, options).await?;
+                tracing::info!(url = %args.nats_url, "events API on NATS");
+                Arc::new(nats)
+            }
+        };
         let ready_broker = broker.clone();
         let probes = Probes {
             ready: Arc::new(move || ready_broker.ready().map_err(|e| e.to_string())),

@@ -180,7 +180,17 @@ pub fn settings(args: &WorkerArgs, flavour: Flavour) -> Result<WorkerSettings, F
     if let Some(cmd) = &args.codex_git_ssh_command {
         env.push(("GIT_SSH_COMMAND".to_owned(), cmd.clone()));
     }
-    let worker_id = args.worker_id.clone().unwrap_or_else(hostname);
+    let worker_id = check_worker_id(args.worker_id.clone().unwrap_or_else(hostname))?;
+    Ok(WorkerSettings {
+        worker_id,
+        config,
+        codex_mounts: mounts,
+        codex_env: env,
+    })
+}
+
+/// A worker id as labels, claims and consumer names can carry it.
+pub fn check_worker_id(worker_id: String) -> Result<String, Failure> {
     if worker_id.is_empty()
         || worker_id.len() > 128
         || !worker_id
@@ -188,15 +198,10 @@ pub fn settings(args: &WorkerArgs, flavour: Flavour) -> Result<WorkerSettings, F
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(Failure::usage(
-            "--worker-id may only use letters, digits, '-', '_' and '.'",
+            "--worker-id may only use letters, digits, '-', '_' and '.' (at most 128)",
         ));
     }
-    Ok(WorkerSettings {
-        worker_id,
-        config,
-        codex_mounts: mounts,
-        codex_env: env,
-    })
+    Ok(worker_id)
 }
 
 fn prefix(args: &WorkerArgs, flavour: Flavour) -> Result<String, Failure> {

@@ -99,7 +99,21 @@ async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpRespo
             }
             futures::future::ready(item.is_ok())
         })
-        .filter_map(|item| futures::future::ready(item.ok().map(|event| event.line().clone())))
+        .filter_map(|item| {
+            futures::future::ready(item.ok().map(|event| {
+                if let Some(ack) = event.ack() {
+                    // A durable delivery (a NATS work queue) handed to an
+                    // HTTP stream is at most once, like every stream.
+                    let done = ack.done();
+                    actix_rt::spawn(async move {
+                        if let Err(e) = done.await {
+                            tracing::warn!(error = %e, "could not acknowledge a durable event");
+                        }
+                    });
+                }
+                event.line().clone()
+            }))
+        })
         .boxed_local();
     let body = with_heartbeats(lines, api.heartbeat);
     Ok(HttpResponse::Ok()

@@ -527,11 +527,7 @@ impl ContainerRuntime for DockerRuntime {
                 .into_iter()
                 .filter_map(|c| {
                     let labels = c.labels.unwrap_or_default();
-                    Some(Managed {
-                        id: c.id?,
-                        run_id: labels.get(labels::RUN_ID).cloned().unwrap_or_default(),
-                        pool: labels.get(labels::POOLED).cloned(),
-                    })
+                    Some(Managed::from_labels(c.id?, |k| labels.get(k).cloned()))
                 })
                 .collect())
         }
@@ -778,11 +774,7 @@ impl ContainerRuntime for DockerRuntime {
                 .into_iter()
                 .filter_map(|n| {
                     let labels = n.labels.unwrap_or_default();
-                    Some(Managed {
-                        id: n.id?,
-                        run_id: labels.get(labels::RUN_ID).cloned().unwrap_or_default(),
-                        pool: None,
-                    })
+                    Some(Managed::from_labels(n.id?, |k| labels.get(k).cloned()))
                 })
                 .collect())
         }

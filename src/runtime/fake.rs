@@ -357,16 +357,7 @@ impl ContainerRuntime for FakeRuntime {
                         .get(labels::WORKER_ID)
                         .is_some_and(|w| w == worker_id)
                 })
-                .map(|(id, c)| Managed {
-                    id: id.clone(),
-                    run_id: c
-                        .spec
-                        .labels
-                        .get(labels::RUN_ID)
-                        .cloned()
-                        .unwrap_or_default(),
-                    pool: c.spec.labels.get(labels::POOLED).cloned(),
-                })
+                .map(|(id, c)| Managed::from_labels(id.clone(), |k| c.spec.labels.get(k).cloned()))
                 .collect()
         });
         async move { result }.boxed_local()
@@ -404,11 +395,7 @@ impl ContainerRuntime for FakeRuntime {
                 .unwrap()
                 .iter()
                 .filter(|(_, l)| l.get(labels::WORKER_ID).is_some_and(|w| w == worker_id))
-                .map(|(name, l)| Managed {
-                    id: name.clone(),
-                    run_id: l.get(labels::RUN_ID).cloned().unwrap_or_default(),
-                    pool: None,
-                })
+                .map(|(name, l)| Managed::from_labels(name.clone(), |k| l.get(k).cloned()))
                 .collect()
         });
         async move { result }.boxed_local()

@@ -7,6 +7,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod liveness;
 pub mod spec;
 
 pub use spec::{ContainerSpec, FileSpec, Hardening, Limits, MountSpec};
@@ -33,6 +34,13 @@ pub mod labels {
     /// What a container or network is to its run (`egress` for the
     /// proxy sidecar and the run's internal network).
     pub const ROLE: &str = "bus.role";
+    /// The process that made it (`host/boot/pid/start`, see
+    /// [`super::liveness`]): a reaper never removes what a live process
+    /// of its worker id holds.
+    pub const PROCESS: &str = "bus.process";
+    /// When its run must be over (Unix seconds: start, timeout and the
+    /// kill grace): past it, a container is an orphan whoever made it.
+    pub const DEADLINE: &str = "bus.deadline";
 }
 
 /// Which output stream a chunk came from.
@@ -86,6 +94,23 @@ pub struct Managed {
     pub run_id: String,
     /// The pool instance of a warm-pool container.
     pub pool: Option<String>,
+    /// The `bus.process` label: the process that made it.
+    pub process: Option<String>,
+    /// The `bus.deadline` label (Unix seconds).
+    pub deadline: Option<i64>,
+}
+
+impl Managed {
+    /// A container or network listed with these labels.
+    pub fn from_labels(id: String, label: impl Fn(&str) -> Option<String>) -> Self {
+        Managed {
+            id,
+            run_id: label(labels::RUN_ID).unwrap_or_default(),
+            pool: label(labels::POOLED),
+            process: label(labels::PROCESS),
+            deadline: label(labels::DEADLINE).and_then(|d| d.parse().ok()),
+        }
+    }
 }
 
 /// A process to start in a running container (a warm-pool run). It runs

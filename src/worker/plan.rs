@@ -197,6 +197,13 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
     container_labels.insert(labels::RUN_ID.to_owned(), run_id.clone());
     container_labels.insert(labels::OWNER.to_owned(), owner.to_owned());
     container_labels.insert(labels::WORKER_ID.to_owned(), w.worker_id.clone());
+    container_labels.insert(
+        labels::PROCESS.to_owned(),
+        crate::runtime::liveness::ProcessMark::current().label(),
+    );
+    let deadline = time::OffsetDateTime::now_utc().unix_timestamp()
+        + (timeout + crate::containers::RUN_GRACE.as_secs()) as i64;
+    container_labels.insert(labels::DEADLINE.to_owned(), deadline.to_string());
     let egress = match (profile, &profile_name) {
         (Some(p), Some(name)) if !p.egress.is_empty() => {
             let (plan, values) = plan_sandbox(name, &p.egress, config, &container_labels, &run_id)?;

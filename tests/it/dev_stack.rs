@@ -29,6 +29,14 @@ fn start_dev(extra: &[&str], prepare: impl FnOnce(&std::path::Path)) -> Dev {
     start_dev_with(extra, &[], prepare)
 }
 
+/// `bus dev` on an existing data directory (its own config directory).
+fn start_dev_in(data_dir: &std::path::Path, extra: &[&str]) -> Dev {
+    let dir = data_dir.display().to_string();
+    let mut flags = vec!["--data-dir", dir.as_str()];
+    flags.extend_from_slice(extra);
+    start_dev_with(&flags, &[], |_| {})
+}
+
 /// `bus dev` with extra flags and environment; `prepare` fills its
 /// config directory first.
 pub fn start_dev_with(
@@ -40,9 +48,11 @@ pub fn start_dev_with(
     let data = tempfile::tempdir().unwrap();
     prepare(config_dir.path());
     let mut cmd = bus();
-    cmd.args(["dev", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .args(extra)
+    cmd.args(["dev", "--addr", "127.0.0.1:0"]);
+    if !extra.contains(&"--data-dir") {
+        cmd.arg("--data-dir").arg(data.path());
+    }
+    cmd.args(extra)
         .env("BUS_CONFIG_DIR", config_dir.path())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
@@ -91,6 +101,19 @@ pub fn start_dev_with(
         data,
         printed,
         logs,
+    }
+}
+
+impl Dev {
+    /// The worker id its greeting names.
+    pub fn worker_id(&self) -> String {
+        let printed = self.printed.lock().unwrap().clone();
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix("worker id: "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no worker id in the greeting: {printed}"))
+            .to_owned()
     }
 }
 
@@ -158,6 +181,8 @@ async fn bus_dev_runs_printf_ok_end_to_end_and_ctrl_c_leaves_nothing() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut client = c.spawn().unwrap();
+    let worker_id = dev.worker_id();
+    assert!(worker_id.starts_with("dev-"), "{worker_id}");
     let mut running = false;
     for _ in 0..100 {
         let ps = Command::new("docker")
@@ -165,7 +190,7 @@ async fn bus_dev_runs_printf_ok_end_to_end_and_ctrl_c_leaves_nothing() {
                 "ps",
                 "-q",
                 "--filter",
-                "label=bus.worker_id=dev",
+                &format!("label=bus.worker_id={worker_id}"),
                 "--filter",
                 "label=bus.managed=true",
             ])
@@ -183,7 +208,7 @@ async fn bus_dev_runs_printf_ok_end_to_end_and_ctrl_c_leaves_nothing() {
     assert!(status.success(), "bus dev stopped cleanly: {status:?}");
     let _ = client.kill();
     let _ = client.wait();
-    let left = docker.list_managed("dev").await.unwrap();
+    let left = docker.list_managed(&worker_id).await.unwrap();
     assert!(left.is_empty(), "no container left: {left:?}");
     assert!(dev.printed.lock().unwrap().contains("stopped"));
 }
@@ -232,4 +257,59 @@ fn no_engine_is_said_plainly() {
         err.contains("no Docker engine") && err.contains("--provider static"),
         "{err}"
     );
+}
+
+#[actix_rt::test]
+async fn two_dev_stacks_on_one_engine_leave_each_others_runs_alone() {
+    let Some(docker) = engine().await else { return };
+    let first = start_dev(&[], |_| {});
+    let first_id = first.worker_id();
+    let mut run = containers(&first);
+    run.args([
+        "run",
+        "--format",
+        "text",
+        "--profile",
+        "codex",
+        "--",
+        "sh",
+        "-c",
+        "sleep 8; echo survived",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let run = run.spawn().unwrap();
+    let mut started = false;
+    for _ in 0..200 {
+        if !docker.list_managed(&first_id).await.unwrap().is_empty() {
+            started = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started, "the first stack's run started");
+    // A second stack (its own data dir: its own worker id), and a third
+    // that even shares the first one's worker id: both start their
+    // reapers at once and must leave the live run alone.
+    let second = start_dev(&[], |_| {});
+    assert_ne!(second.worker_id(), first_id, "each stack has its own id");
+    let third = start_dev(&["--worker-id", &first_id], |_| {});
+    assert_eq!(third.worker_id(), first_id);
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "survived\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same data dir gives the same id again (stable across restarts).
+    let again = start_dev_in(first.data.path(), &[]);
+    assert_eq!(again.worker_id(), first_id);
+    // BUS_WORKER_ID names it too.
+    let named = start_dev_with(&[], &[("BUS_WORKER_ID", "dev-from-env")], |_| {});
+    assert_eq!(named.worker_id(), "dev-from-env");
+    drop((second, third, again, named));
 }

@@ -337,3 +337,115 @@ async fn two_providers_share_one_ledger_on_nats_kv() {
     );
     assert!(store.get("run_x1").await.unwrap().is_none());
 }
+
+/// `bus api-provider events --events-backend nats` started as a command:
+/// an HTTP client publishes a run request through it, a router and a
+/// worker speaking `nats://` answer, and the HTTP listener gets the
+/// reply; its readiness follows the NATS connection.
+#[actix_rt::test]
+async fn the_events_api_command_on_nats_shares_one_bus_with_nats_processes() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let url = nats.url();
+    let mut events = bus();
+    events
+        .args([
+            "api-provider",
+            "events",
+            "--addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--workers",
+            "1",
+            "--events-backend",
+            "nats",
+            "--nats-url",
+            &url,
+        ])
+        .env("BUS_API_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
+    let events = Process::spawn(events);
+    let mut router = bus();
+    router.args([
+        "integration",
+        "containers",
+        "--events-url",
+        &url,
+        "--log-format",
+        "json",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    let _router = Process::spawn(router);
+    let mut worker = bus();
+    worker.args([
+        "integration",
+        "docker",
+        "--provider",
+        "static",
+        "--event-prefix",
+        "bus.docker",
+        "--worker-id",
+        "nats-events-w1",
+        "--events-url",
+        &url,
+        "--log-format",
+        "json",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    let _worker = Process::spawn(worker);
+    // The HTTP side: a service client of the Events API process.
+    let http: SharedBroker = Arc::new(http_client(events.addr, &mint("api", "container:admin")));
+    let api = requester(&http, "api", true);
+    let mut answer = serde_json::Value::Null;
+    for attempt in 0..40 {
+        let payload = json!({
+            "run_id": format!("run_nats_http_{attempt}"),
+            "owner_account_id": "alice",
+            "profile": "codex",
+            "args": ["printf", "OK"],
+        });
+        let out = api
+            .request(bus_containers::request::Request::new(
+                "bus.containers.run.request",
+                payload,
+                Duration::from_secs(3),
+            ))
+            .await
+            .unwrap();
+        if let Some(reply) = out.replies.first() {
+            answer = reply.payload.clone();
+            if answer.get("error").is_none() {
+                break;
+            }
+        }
+        actix_rt::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(answer["stdout"], "static: printf OK", "{answer}");
+    assert_eq!(answer["worker_id"], "nats-events-w1", "{answer}");
+    // Readiness is NATS's.
+    let readyz = format!("{}/readyz", events.url());
+    assert_eq!(get(&readyz, None).await.0, 200);
+    nats.stop();
+    let mut dropped = false;
+    for _ in 0..100 {
+        if get(&readyz, None).await.0 == 503 {
+            dropped = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped, "the events API is not ready without NATS");
+    nats.restart();
+    let mut back = false;
+    for _ in 0..300 {
+        if get(&readyz, None).await.0 == 200 {
+            back = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the events API is ready again once NATS is back");
+}

@@ -249,6 +249,101 @@ async fn the_reaper_takes_only_this_workers_orphans_and_stale_pool_containers() 
 }
 
 #[actix_rt::test]
+async fn the_reaper_never_takes_what_a_live_process_of_the_same_worker_id_holds() {
+    use bus_containers::runtime::liveness::ProcessMark;
+    let fake = FakeRuntime::new();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let me = ProcessMark::current();
+    let mark = |pid: u32, start: u64, host: &str| {
+        ProcessMark {
+            host: host.into(),
+            pid,
+            start,
+            ..me.clone()
+        }
+        .label()
+    };
+    let make = |run: &str, process: &str, deadline: i64| {
+        let mut spec = ContainerSpec {
+            image: "x".into(),
+            ..Default::default()
+        };
+        for (k, v) in [
+            (labels::MANAGED, "true".to_owned()),
+            (labels::WORKER_ID, "w1".to_owned()),
+            (labels::RUN_ID, run.to_owned()),
+            (labels::PROCESS, process.to_owned()),
+            (labels::DEADLINE, deadline.to_string()),
+        ] {
+            spec.labels.insert(k.into(), v);
+        }
+        spec
+    };
+    // Another live process on this host with the same worker id (our
+    // parent: the test runner), its run well within its deadline, and
+    // even one past it (that process's own reaper owns it).
+    let parent = std::os::unix::process::parent_id();
+    let parent_start = std::fs::read_to_string(format!("/proc/{parent}/stat"))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    let live_other = mark(parent, parent_start, &me.host);
+    let alive = fake
+        .create(&make("run_alive", &live_other, now + 600))
+        .await
+        .unwrap();
+    let alive_late = fake
+        .create(&make("run_alive_late", &live_other, now - 600))
+        .await
+        .unwrap();
+    // A dead process (a child that has exited and been waited for).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let dead = fake
+        .create(&make("run_dead", &mark(dead_pid, 1, &me.host), now + 600))
+        .await
+        .unwrap();
+    // A process on another host: unknown, so its deadline decides.
+    let elsewhere = mark(1, 1, "another-host");
+    let far_early = fake
+        .create(&make("run_far_early", &elsewhere, now + 600))
+        .await
+        .unwrap();
+    let far_late = fake
+        .create(&make("run_far_late", &elsewhere, now - 600))
+        .await
+        .unwrap();
+    let r = rig(fake, |_, _| {}).await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let live = r.fake.live();
+    assert!(live.contains(&alive), "a live process's container is kept");
+    assert!(
+        live.contains(&alive_late),
+        "a live process's container is its own reaper's to take"
+    );
+    assert!(
+        !live.contains(&dead),
+        "a dead process's container is removed"
+    );
+    assert!(
+        live.contains(&far_early),
+        "unknown liveness, within the deadline: kept"
+    );
+    assert!(
+        !live.contains(&far_late),
+        "unknown liveness, past the deadline: removed"
+    );
+    let _ = r.worker.send(Shutdown).await;
+}
+
+#[actix_rt::test]
 async fn shutdown_cancels_runs_and_removes_their_containers() {
     let r = rig(FakeRuntime::new(), |_, _| {}).await;
     let api = r.api.clone();
