@@ -22,20 +22,17 @@
 
 pub mod actors;
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
-pub mod containers;
 pub mod contract;
 pub mod credentials;
 pub mod egress;
 pub mod http;
 pub mod metrics;
 pub mod parse;
+pub mod planning;
 pub mod provider;
-pub mod request;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
-pub mod worker;

@@ -4,7 +4,7 @@
 //! of it), who waits for them and who follows their logs, and how many
 //! each account has (the concurrent-run limit).
 
-use super::subscription::Delivered;
+use super::bus::Delivered;
 use crate::store::SharedStore;
 use actix::prelude::*;
 use serde::Serialize;

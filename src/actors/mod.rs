@@ -14,7 +14,7 @@
 //!
 //! Peers are held as `Recipient<M>` where a test may put a mock in the seat.
 
-pub mod dispatcher;
+pub mod bus;
 pub mod docker_worker;
 pub mod live_runs;
 pub mod pool;
@@ -22,7 +22,5 @@ pub mod router;
 pub mod runner;
 pub mod sandbox;
 pub mod session;
-pub mod subscription;
-pub mod waiter;
 
-pub use subscription::{Delivered, Subscription};
+pub use bus::{Delivered, Subscription};

@@ -7,8 +7,8 @@
 //! id, so the orphan reaper leaves it alone while this process lives.
 //! One idle longer than `pool_max_idle_seconds` is replaced.
 
+use crate::planning::plan::{plan_run, RunRequest, WorkerSettings};
 use crate::runtime::{labels, ContainerSpec, SharedRuntime};
-use crate::worker::plan::{plan_run, RunRequest, WorkerSettings};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;

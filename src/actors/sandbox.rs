@@ -13,8 +13,8 @@
 //! sidecar and the network are removed when the actor stops.
 
 use crate::egress::decision::Summary;
+use crate::planning::sandbox::SandboxPlan;
 use crate::runtime::{Chunk, OutputStream, RuntimeError, SharedRuntime};
-use crate::worker::sandbox::SandboxPlan;
 use actix::prelude::*;
 use futures::stream::LocalBoxStream;
 use futures::StreamExt;

@@ -24,15 +24,15 @@
 //! values never appear in the output the run reports (`[redacted]`).
 
 use super::sandbox::{Prepare, Sandbox, Teardown};
+use crate::actors::bus::requester::Requester;
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
-use crate::request::Requester;
+use crate::planning::outcome::{Ending, RunResult};
+use crate::planning::sandbox::{sandbox_agent, LiveRedactor};
+use crate::planning::utf8::Utf8Carry;
+use crate::planning::RunPlan;
 use crate::runtime::{
     Attached, Chunk, ExecSpec, FileSpec, OutputStream, RuntimeError, SharedRuntime,
 };
-use crate::worker::outcome::{Ending, RunResult};
-use crate::worker::sandbox::{sandbox_agent, LiveRedactor};
-use crate::worker::utf8::Utf8Carry;
-use crate::worker::RunPlan;
 use actix::prelude::*;
 use serde_json::{json, Value};
 use std::pin::Pin;

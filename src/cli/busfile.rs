@@ -3,7 +3,7 @@
 //! `${NAME}` expanded from the environment (not inside single quotes),
 //! nothing else. Stops at the first failing line and names it.
 
-use super::Failure;
+use super::failure::Failure;
 use std::path::Path;
 
 /// Removes a `#` comment that is not inside quotes.

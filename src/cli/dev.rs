@@ -3,12 +3,13 @@
 //! for outside workers — with a dev signing secret and token set up on
 //! first start.
 
+use super::failure::Failure;
 use super::process::stop_signal;
 use super::serve_containers::{
     self, default_data_dir, ApiBackend, BillingBackend, ContainersOptions, UsageBackend,
 };
-use super::Failure;
-use crate::actors::dispatcher::ReplyMetrics;
+use crate::actors::bus::dispatcher::ReplyMetrics;
+use crate::actors::bus::requester::{BusIdentity, Requester};
 use crate::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
 use crate::actors::router::{self, Router, RouterBackend, RouterConfig, RouterMetrics};
 use crate::auth::{
@@ -23,12 +24,11 @@ use crate::http::events::{EventsApi, HEARTBEAT, MAX_PAYLOAD};
 use crate::http::probes::Probes;
 use crate::http::server;
 use crate::metrics::{BusMetrics, Metrics};
-use crate::request::{BusIdentity, Requester};
+use crate::planning::WorkerSettings;
 use crate::runtime::docker::{docker_host, DockerRuntime};
 use crate::runtime::{ContainerRuntime, SharedRuntime};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Retention;
-use crate::worker::WorkerSettings;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! environment or, with `--secrets-stdin`, from a JSON object on stdin;
 //! never from argv.
 
-use super::Failure;
+use super::failure::Failure;
 use crate::egress::policy::{Allow, Credential};
 use crate::egress::{Policy, Proxy, ProxySettings};
 use clap::Args;

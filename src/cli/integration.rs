@@ -1,7 +1,7 @@
 //! `bus integration containers`: the router.
 
+use super::failure::Failure;
 use super::process::{connect, serve_probes, stop_signal, BusArgs};
-use super::Failure;
 use crate::actors::router::{Router, RouterBackend, RouterConfig, RouterMetrics, Shutdown};
 use crate::contract::validate_name;
 use crate::metrics::Metrics;
@@ -43,7 +43,7 @@ pub fn run_router(args: RouterArgs) -> Result<(), Failure> {
         .trim_end_matches('.')
         .to_owned();
     validate_name(&prefix).map_err(|e| Failure::usage(format!("--backend-event-prefix: {e}")))?;
-    if prefix == crate::containers::PUBLIC_PREFIX {
+    if prefix == crate::contract::PUBLIC_PREFIX {
         return Err(Failure::usage(
             "--backend-event-prefix must differ from bus.containers (the router would forward to itself)",
         ));

@@ -1,11 +1,13 @@
 //! The `bus` command line: BusDK's command names, one binary. Invoked as
 //! `bus-<group>-<name>` (a link), it behaves as `bus <group> <name>`.
 
+pub mod bench;
 pub mod busfile;
 pub mod containers;
 pub mod dev;
 pub mod egress;
 mod events;
+pub mod failure;
 mod integration;
 pub mod process;
 pub mod serve_containers;
@@ -15,11 +17,9 @@ mod worker;
 
 use crate::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
+pub use failure::{Failure, EXIT_USAGE};
 use std::ffi::OsString;
 use std::process::ExitCode;
-
-/// Exit code for usage errors (bad flags, a token on the command line).
-pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,7 +56,7 @@ pub enum Command {
     Operator(OperatorCommand),
     /// Measure this machine: figures beside baselines taken in the same run.
     #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    Bench(crate::cli::bench::BenchCommand),
     /// The egress proxy of a sandboxed run: an allowlist of host:port,
     /// credential headers the agent never sees, a JSON decision log.
     #[command(name = "egress-proxy")]
@@ -90,35 +90,6 @@ pub enum IntegrationCommand {
 pub enum OperatorCommand {
     /// Mint tokens.
     Token(token::TokenArgs),
-}
-
-/// A failure with the exit code it maps to.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn usage(message: impl Into<String>) -> Self {
-        Failure {
-            code: EXIT_USAGE,
-            message: message.into(),
-        }
-    }
-
-    pub fn error(message: impl Into<String>) -> Self {
-        Failure {
-            code: 1,
-            message: message.into(),
-        }
-    }
-}
-
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure::error(e.to_string())
-    }
 }
 
 /// `bus-api-provider-events ARGS` → `bus api-provider events ARGS`.
@@ -238,7 +209,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Operator(OperatorCommand::Token(args)) => done(token::run(args)),
         Command::EgressProxy(args) => done(egress::run(args)),
-        Command::Bench(cmd) => done(crate::bench::run(cmd)),
+        Command::Bench(cmd) => done(crate::cli::bench::run(cmd)),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

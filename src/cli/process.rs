@@ -1,7 +1,8 @@
 //! What every long-running process shares: its connection to the bus, its
 //! optional probe server (`--addr`), and a graceful stop on SIGINT/SIGTERM.
 
-use super::Failure;
+use super::failure::Failure;
+use crate::actors::bus::requester::BusIdentity;
 use crate::broker::http::{HttpBroker, HttpBrokerConfig};
 use crate::broker::SharedBroker;
 use crate::credentials::{token_subject, TokenSource};
@@ -9,7 +10,6 @@ use crate::http::probes::Probes;
 use crate::http::server;
 use crate::metrics::Metrics;
 use crate::parse::parse_duration;
-use crate::request::BusIdentity;
 use clap::Args;
 use std::sync::Arc;
 use std::time::Duration;

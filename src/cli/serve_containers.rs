@@ -1,13 +1,14 @@
 //! `bus api-provider containers`: the containers REST API.
 
+use super::failure::Failure;
 use super::process::{connect, hostname, stop_signal, BusArgs};
-use super::Failure;
-use crate::actors::dispatcher::ReplyMetrics;
+use crate::actors::bus::dispatcher::ReplyMetrics;
+use crate::actors::bus::requester::{reply_name, Requester};
+use crate::actors::bus::subscription::Subscription;
 use crate::actors::live_runs::LiveRuns;
-use crate::actors::subscription::Subscription;
 use crate::auth::{Secrets, Verifier, AUDIENCE_API, AUDIENCE_INTERNAL};
 use crate::broker::SubscribeSpec;
-use crate::containers::{Kind, PUBLIC_PREFIX};
+use crate::contract::{Kind, PUBLIC_PREFIX};
 use crate::http::containers::ContainersApi;
 use crate::http::probes::Probes;
 use crate::http::request_metrics::RequestMetrics;
@@ -17,7 +18,6 @@ use crate::parse::parse_duration;
 use crate::provider::backend::{Backend, BusBackend, StaticBackend};
 use crate::provider::usage::{Billing, Usage, BILLING_EVENT};
 use crate::provider::{Provider, ProviderConfig, ProviderMetrics};
-use crate::request::{reply_name, Requester};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Retention, SharedStore};
 use actix::Actor;
@@ -174,7 +174,10 @@ pub async fn start(
     opts: ContainersOptions,
     secrets: Secrets,
     store: SharedStore,
-    bus: Option<(crate::broker::SharedBroker, crate::request::BusIdentity)>,
+    bus: Option<(
+        crate::broker::SharedBroker,
+        crate::actors::bus::requester::BusIdentity,
+    )>,
     listener: std::net::TcpListener,
 ) -> Result<ContainersServer, Failure> {
     let addr = server::local_addr(&listener);
@@ -255,7 +258,7 @@ pub async fn start(
         config: ProviderConfig {
             instance_id: instance_id.clone(),
             request_timeout: opts.request_timeout,
-            default_timeout: crate::containers::DEFAULT_REQUEST_TIMEOUT,
+            default_timeout: crate::contract::DEFAULT_REQUEST_TIMEOUT,
             max_concurrent_runs: opts.max_concurrent_runs,
             output_cap: opts.output_cap_bytes,
         },

@@ -1,6 +1,6 @@
 //! `bus api-provider events`: the Events API server.
 
-use super::Failure;
+use super::failure::Failure;
 use crate::auth::{Acl, Secrets, Verifier, AUDIENCE_API};
 use crate::broker::memory::{HubConfig, MemoryBroker};
 use crate::broker::nats::{NatsBroker, NatsOptions};

@@ -1,6 +1,6 @@
 //! `bus operator token [--format token|json] issue --local ...`
 
-use super::Failure;
+use super::failure::Failure;
 use crate::auth::{decode_secret, issue_token, IssueRequest, AUDIENCE_API, LOCAL_ACCOUNT};
 use crate::parse::parse_duration;
 use clap::{Args, Subcommand, ValueEnum};

@@ -1,18 +1,18 @@
 //! `bus integration docker` and `bus integration podman`: the worker.
 
+use super::failure::Failure;
 use super::process::{connect, hostname, serve_probes, stop_signal, BusArgs};
-use super::Failure;
-use crate::actors::dispatcher::ReplyMetrics;
+use crate::actors::bus::dispatcher::ReplyMetrics;
+use crate::actors::bus::requester::Requester;
 use crate::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
 use crate::config::{Config, Profile};
-use crate::containers::{static_provider, Kind, PUBLIC_PREFIX};
 use crate::contract::validate_name;
+use crate::contract::{static_answers, Kind, PUBLIC_PREFIX};
 use crate::metrics::Metrics;
 use crate::parse::{parse_bool, parse_duration};
-use crate::request::Requester;
+use crate::planning::plan::{plan_run, RunRequest, WorkerSettings};
 use crate::runtime::docker::{docker_host, DockerRuntime};
 use crate::runtime::MountSpec;
-use crate::worker::plan::{plan_run, RunRequest, WorkerSettings};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -253,7 +253,7 @@ fn self_test(
         serde_json::from_value(serde_json::json!({"profile": "codex", "args": ["printf", "OK"]}))?;
     plan_run(&request, "self-test", settings)
         .map_err(|e| Failure::error(format!("self-test: {e}")))?;
-    let reply = static_provider::answer(
+    let reply = static_answers::answer(
         Kind::Run,
         &serde_json::json!({"args": ["printf", "OK"]}),
         "self-test",

@@ -4,7 +4,7 @@
 //! over a verified TLS connection of the proxy's own to the same host.
 
 use super::policy::{Credential, Destination};
-use super::proxy::{connect_tls, log, prepare, strip_hop_by_hop, text, Body, Shared};
+use super::shared::{connect_tls, log, prepare, strip_hop_by_hop, text, Body, Shared};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;

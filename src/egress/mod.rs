@@ -16,12 +16,15 @@
 //! - [`decision`]: the JSON decision lines and their summary
 //! - [`proxy`]: the listener, CONNECT tunnels and plain HTTP forwarding
 //! - [`mitm`]: TLS termination and header injection for credential routes
+//! - [`shared`]: what both paths use: the proxy's state, decision logging,
+//!   upstream connections, request preparation
 
 pub mod ca;
 pub mod decision;
 pub mod mitm;
 pub mod policy;
 pub mod proxy;
+pub mod shared;
 
 pub use policy::{Credential, Policy};
 pub use proxy::{Proxy, ProxySettings};

@@ -1,9 +1,9 @@
 //! Where the API provider's requests go: the bus (through the router or a
 //! standalone worker) or the static provider.
 
-use crate::containers::{static_provider, Kind, PUBLIC_PREFIX};
+use crate::actors::bus::requester::{Request, Requester};
+use crate::contract::{static_answers, Kind, PUBLIC_PREFIX};
 use crate::contract::{ErrorDetail, ErrorType};
-use crate::request::{Request, Requester};
 use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use serde_json::Value;
@@ -82,7 +82,7 @@ impl Backend for StaticBackend {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        let reply = static_provider::answer(kind, &payload, &owner, "static");
+        let reply = static_answers::answer(kind, &payload, &owner, "static");
         async move { Ok(reply) }.boxed_local()
     }
 

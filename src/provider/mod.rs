@@ -7,9 +7,9 @@ pub mod body;
 pub mod usage;
 
 use crate::actors::live_runs::{self, LiveRuns};
-use crate::containers::state::RunState;
-use crate::containers::{reply_error, Kind, RUN_GRACE};
+use crate::contract::RunState;
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType};
+use crate::contract::{reply_error, Kind, RUN_GRACE};
 use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::store::{RunRecord, SharedStore};

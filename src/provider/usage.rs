@@ -8,10 +8,10 @@
 //! logged and counted (`bus_api_usage_failures_total`). `event_id` is
 //! stable per run and type, so a retried record is not counted twice.
 
-use crate::containers::state::RunState;
+use crate::actors::bus::requester::{Request, Requester};
+use crate::contract::RunState;
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
 use crate::http::ApiError;
-use crate::request::{Request, Requester};
 use prometheus::IntCounter;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};

@@ -9,8 +9,8 @@
 //! server when runs keep large outputs.
 
 use super::{Page, Retention, RunRecord, RunStore, StoreError};
-use crate::containers::state::RunState;
 use crate::contract::now_rfc3339;
+use crate::contract::RunState;
 use async_nats::jetstream::kv;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};

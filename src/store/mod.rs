@@ -5,7 +5,7 @@
 pub mod kv;
 pub mod sqlite;
 
-use crate::containers::state::RunState;
+use crate::contract::RunState;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

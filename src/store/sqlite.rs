@@ -2,8 +2,8 @@
 //! blocking pool so no actor thread waits on the disk.
 
 use super::{Page, Retention, RunRecord, RunStore, StoreError};
-use crate::containers::state::RunState;
 use crate::contract::now_rfc3339;
+use crate::contract::RunState;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};

@@ -4,7 +4,7 @@
 
 use crate::support::api::*;
 use crate::support::{within, SECRET};
-use bus_containers::actors::subscription::{Delivered, Subscription};
+use bus_containers::actors::bus::subscription::{Delivered, Subscription};
 use bus_containers::broker::SubscribeSpec;
 use bus_containers::cli::serve_containers::{BillingBackend, ContainersOptions, UsageBackend};
 use bus_containers::contract::Publication;
@@ -499,7 +499,7 @@ async fn logs_follow_wait_and_input() {
 
 /// A billing service on the bus: bob has no billing.
 struct MockBilling {
-    requester: bus_containers::request::Requester,
+    requester: bus_containers::actors::bus::requester::Requester,
 }
 
 impl actix::Actor for MockBilling {

@@ -4,7 +4,7 @@
 use crate::support::docker::{rss_kib, test_config, Fixture, IMAGE};
 use crate::support::within;
 use bus_containers::broker::SubscribeSpec;
-use bus_containers::containers::Kind;
+use bus_containers::contract::Kind;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -79,7 +79,7 @@ async fn cancel_mid_run_and_owner_checks() {
     let run = actix_rt::spawn({
         let f_run = json!({"run_id": "run_cancel_me", "owner_account_id": "alice", "profile": "codex", "args": ["sleep", "60"]});
         async move {
-            api.request(bus_containers::request::Request::new(
+            api.request(bus_containers::actors::bus::requester::Request::new(
                 "bus.docker.run.request",
                 f_run,
                 Duration::from_secs(60),
@@ -173,7 +173,7 @@ async fn interactive_input_and_fed_stdin() {
     let api = f.api.clone();
     let run = actix_rt::spawn(async move {
         let p = json!({"run_id": "run_cat", "owner_account_id": "alice", "profile": "codex", "args": ["cat"], "interactive": true, "timeout_seconds": 60});
-        api.request(bus_containers::request::Request::new(
+        api.request(bus_containers::actors::bus::requester::Request::new(
             "bus.docker.run.request",
             p,
             Duration::from_secs(60),

@@ -261,7 +261,7 @@ async fn faults_docker_engine_unavailable_then_back() {
         let api = api.clone();
         async move {
             let out = api
-                .request(bus_containers::request::Request::new(
+                .request(bus_containers::actors::bus::requester::Request::new(
                     name,
                     payload,
                     Duration::from_secs(30),

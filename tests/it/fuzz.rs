@@ -13,8 +13,8 @@ use bus_containers::cli::busfile::words;
 use bus_containers::contract::{validate_name, Envelope, Publication};
 use bus_containers::egress::policy::{parse_host_port, Allow, Credential};
 use bus_containers::parse::{format_duration, parse_duration};
+use bus_containers::planning::plan::{plan_run, RunRequest, WorkerSettings};
 use bus_containers::provider::body::{strict_object, CreateRun};
-use bus_containers::worker::plan::{plan_run, RunRequest, WorkerSettings};
 use proptest::prelude::*;
 use std::time::Duration;
 

@@ -287,7 +287,7 @@ async fn two_providers_share_one_ledger_on_nats_kv() {
     let record = |id: &str, instance: &str| RunRecord {
         run_id: id.into(),
         owner_account_id: "o".into(),
-        state: bus_containers::containers::state::RunState::Running,
+        state: bus_containers::contract::RunState::Running,
         instance_id: instance.into(),
         worker_id: None,
         profile: None,
@@ -303,7 +303,7 @@ async fn two_providers_share_one_ledger_on_nats_kv() {
         store.insert(record("run_x1", "a")).await.is_err(),
         "no duplicate run ids"
     );
-    use bus_containers::containers::state::RunState;
+    use bus_containers::contract::RunState;
     assert!(store
         .complete("run_x1", RunState::Succeeded, json!({"worker_id": "w"}))
         .await
@@ -408,7 +408,7 @@ async fn the_events_api_command_on_nats_shares_one_bus_with_nats_processes() {
             "args": ["printf", "OK"],
         });
         let out = api
-            .request(bus_containers::request::Request::new(
+            .request(bus_containers::actors::bus::requester::Request::new(
                 "bus.containers.run.request",
                 payload,
                 Duration::from_secs(3),

@@ -2,7 +2,7 @@
 
 use crate::support::docker::{podman, test_config, Fixture};
 use crate::support::within;
-use bus_containers::containers::Kind;
+use bus_containers::contract::Kind;
 use serde_json::json;
 use std::time::Duration;
 

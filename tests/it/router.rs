@@ -4,13 +4,13 @@
 use crate::support::mock_worker::{Behaviour, Hold, Log, MockWorker, SetBehaviour};
 use crate::support::*;
 use actix::Addr;
+use bus_containers::actors::bus::requester::{BusIdentity, Request, Requester};
 use bus_containers::actors::router::{
     LiveWorkers, Router, RouterBackend, RouterConfig, RouterMetrics, Shutdown,
 };
 use bus_containers::broker::{EventStream, SharedBroker, SubscribeSpec};
-use bus_containers::containers::{Kind, PUBLIC_PREFIX};
+use bus_containers::contract::{Kind, PUBLIC_PREFIX};
 use bus_containers::metrics::Metrics;
-use bus_containers::request::{BusIdentity, Request, Requester};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;

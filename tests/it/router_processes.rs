@@ -4,9 +4,9 @@
 
 use crate::support::mock_worker::MockWorker;
 use crate::support::*;
+use bus_containers::actors::bus::requester::{BusIdentity, Request, Requester};
 use bus_containers::broker::SharedBroker;
-use bus_containers::containers::{Kind, PUBLIC_PREFIX};
-use bus_containers::request::{BusIdentity, Request, Requester};
+use bus_containers::contract::{Kind, PUBLIC_PREFIX};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,7 @@ async fn ask(r: &Requester, kind: Kind, payload: Value) -> Value {
 }
 
 fn api(events: &Process) -> Requester {
-    use bus_containers::actors::dispatcher::ReplyMetrics;
+    use bus_containers::actors::bus::dispatcher::ReplyMetrics;
     Requester::new(
         client(events, "api"),
         BusIdentity::service("api"),

@@ -12,7 +12,7 @@ use crate::support::docker::{engine, test_config, Fixture};
 use crate::support::tls::TestPki;
 use crate::support::{get, post, within};
 use bus_containers::config::{Config, EgressRoute};
-use bus_containers::containers::Kind;
+use bus_containers::contract::Kind;
 use bus_containers::runtime::ContainerRuntime;
 use serde_json::{json, Value};
 use std::process::Command;

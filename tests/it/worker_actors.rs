@@ -2,16 +2,16 @@
 //! seat: fast checks of session and runner logic that need no Docker.
 
 use crate::support::*;
+use bus_containers::actors::bus::requester::{Request, Requester};
 use bus_containers::actors::docker_worker::{
     DockerWorker, Engine, LiveCount, Shutdown, WorkerConfig,
 };
 use bus_containers::broker::SharedBroker;
 use bus_containers::config::Config;
-use bus_containers::containers::Kind;
-use bus_containers::request::{Request, Requester};
+use bus_containers::contract::Kind;
+use bus_containers::planning::WorkerSettings;
 use bus_containers::runtime::fake::FakeRuntime;
 use bus_containers::runtime::{labels, ContainerRuntime, ContainerSpec, SharedRuntime};
-use bus_containers::worker::WorkerSettings;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

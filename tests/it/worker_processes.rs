@@ -4,11 +4,11 @@
 
 use crate::support::docker::{engine, IMAGE};
 use crate::support::*;
-use bus_containers::actors::dispatcher::ReplyMetrics;
+use bus_containers::actors::bus::dispatcher::ReplyMetrics;
+use bus_containers::actors::bus::requester::{BusIdentity, Request, Requester};
 use bus_containers::broker::http::{HttpBroker, HttpBrokerConfig};
 use bus_containers::broker::{SharedBroker, SubscribeSpec};
 use bus_containers::credentials::{Token, TokenSource};
-use bus_containers::request::{BusIdentity, Request, Requester};
 use bus_containers::runtime::ContainerRuntime;
 use futures::StreamExt;
 use serde_json::{json, Value};

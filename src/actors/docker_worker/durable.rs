@@ -11,9 +11,9 @@
 
 use super::DockerWorker;
 use crate::broker::{claim_key, Ack, BrokerError, Claim, ClaimRecord, Event, SharedBroker};
-use crate::containers::{error_payload, Kind, RUN_GRACE};
+use crate::contract::{error_payload, Kind, RUN_GRACE};
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
-use crate::worker::plan::RunPlan;
+use crate::planning::plan::RunPlan;
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
 use serde_json::{json, Value};

@@ -16,14 +16,14 @@
 use super::pool::{self as warm, PoolConfig, WarmPool};
 use super::runner::{self, ListLive, Runner, RunnerConfig, RunnerState};
 use super::session::{Cancel, ContainerSession, SessionContext, SessionNote, WriteInput};
-use super::subscription::{self, Delivered, Subscription};
+use crate::actors::bus::requester::Requester;
+use crate::actors::bus::subscription::{self, Delivered, Subscription};
 use crate::broker::{run_id_of_envelope, BrokerError, Event, SharedBroker, SubscribeSpec};
-use crate::containers::owner::effective_owner;
-use crate::containers::{error_payload, static_provider, Kind, HEARTBEAT_EVERY, WORKER_GROUP};
+use crate::contract::owner::effective_owner;
+use crate::contract::{error_payload, static_answers, Kind, HEARTBEAT_EVERY, WORKER_GROUP};
 use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
-use crate::request::Requester;
+use crate::planning::plan::{plan_run, RunPlan, RunRequest, WorkerSettings};
 use crate::runtime::SharedRuntime;
-use crate::worker::plan::{plan_run, RunPlan, RunRequest, WorkerSettings};
 use actix::prelude::*;
 use durable::{settle, Task};
 use serde_json::{json, Value};
@@ -273,7 +273,7 @@ impl DockerWorker {
         if let Engine::Static = self.engine {
             if !self.addressed_elsewhere(kind, &event.payload) {
                 let reply =
-                    static_provider::answer(kind, &event.payload, &owner, self.config.worker_id());
+                    static_answers::answer(kind, &event.payload, &owner, self.config.worker_id());
                 self.reply(kind, corr, reply, ctx);
             }
             return;

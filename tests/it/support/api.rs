@@ -3,6 +3,7 @@
 
 use super::{memory_broker, SECRET};
 use actix::Addr;
+use bus_containers::actors::bus::requester::BusIdentity;
 use bus_containers::actors::docker_worker::{DockerWorker, Engine, WorkerConfig};
 use bus_containers::auth::{issue_token, IssueRequest, Secrets, AUDIENCE_API, AUDIENCE_INTERNAL};
 use bus_containers::broker::SharedBroker;
@@ -11,12 +12,11 @@ use bus_containers::cli::serve_containers::{
 };
 use bus_containers::config::Config;
 use bus_containers::http::server;
-use bus_containers::request::BusIdentity;
+use bus_containers::planning::WorkerSettings;
 use bus_containers::runtime::fake::FakeRuntime;
 use bus_containers::runtime::SharedRuntime;
 use bus_containers::store::sqlite::SqliteStore;
 use bus_containers::store::{Retention, SharedStore};
-use bus_containers::worker::WorkerSettings;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,16 +4,16 @@
 
 use super::{memory_broker, requester};
 use actix::Addr;
+use bus_containers::actors::bus::requester::{Request, Requester};
+use bus_containers::actors::bus::waiter::Outcome;
 use bus_containers::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
-use bus_containers::actors::waiter::Outcome;
 use bus_containers::broker::SharedBroker;
 use bus_containers::broker::SubscribeSpec;
 use bus_containers::config::Config;
-use bus_containers::containers::Kind;
-use bus_containers::request::{Request, Requester};
+use bus_containers::contract::Kind;
+use bus_containers::planning::WorkerSettings;
 use bus_containers::runtime::docker::{docker_host, DockerRuntime};
 use bus_containers::runtime::{ContainerRuntime, Managed, SharedRuntime};
-use bus_containers::worker::WorkerSettings;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -3,11 +3,11 @@
 //! misbehaviour (silence, malformed or duplicate replies, delays).
 
 use actix::prelude::*;
-use bus_containers::actors::subscription::{Delivered, Subscription};
+use bus_containers::actors::bus::requester::BusIdentity;
+use bus_containers::actors::bus::subscription::{Delivered, Subscription};
 use bus_containers::broker::{SharedBroker, SubscribeSpec};
-use bus_containers::containers::{Kind, WORKER_GROUP};
 use bus_containers::contract::Publication;
-use bus_containers::request::BusIdentity;
+use bus_containers::contract::{Kind, WORKER_GROUP};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -147,7 +147,7 @@ impl Actor for MockWorker {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         for s in self.subs.drain(..) {
-            s.do_send(bus_containers::actors::subscription::Stop);
+            s.do_send(bus_containers::actors::bus::subscription::Stop);
         }
     }
 }

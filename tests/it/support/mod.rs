@@ -302,9 +302,9 @@ pub fn requester(
     broker: &SharedBroker,
     sub: &str,
     service: bool,
-) -> bus_containers::request::Requester {
-    use bus_containers::actors::dispatcher::ReplyMetrics;
-    use bus_containers::request::{BusIdentity, Requester};
+) -> bus_containers::actors::bus::requester::Requester {
+    use bus_containers::actors::bus::dispatcher::ReplyMetrics;
+    use bus_containers::actors::bus::requester::{BusIdentity, Requester};
     Requester::new(
         broker.clone(),
         BusIdentity {

@@ -5,18 +5,18 @@
 //! when the egress proxy image is present.
 
 use super::stats::{print_table, Summary};
-use crate::actors::dispatcher::ReplyMetrics;
+use crate::actors::bus::dispatcher::ReplyMetrics;
+use crate::actors::bus::requester::{BusIdentity, Request, Requester};
 use crate::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
 use crate::broker::memory::{HubConfig, MemoryBroker};
 use crate::broker::SharedBroker;
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use crate::config::{Config, EgressRoute, Profile, DEFAULT_EGRESS_IMAGE, DEFAULT_IMAGE};
-use crate::containers::Kind;
+use crate::contract::Kind;
 use crate::metrics::{BusMetrics, Metrics};
-use crate::request::{BusIdentity, Request, Requester};
+use crate::planning::WorkerSettings;
 use crate::runtime::docker::{docker_host, DockerRuntime};
 use crate::runtime::ContainerRuntime;
-use crate::worker::WorkerSettings;
 use clap::Args;
 use serde_json::json;
 use std::sync::Arc;

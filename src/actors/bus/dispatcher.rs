@@ -6,7 +6,7 @@
 //! was answered. Recently ended ids are remembered in a bounded window.
 
 use super::subscription::Delivered;
-use super::waiter::Reply;
+use super::waiter::{Reply, WaiterDone};
 use crate::metrics::Metrics;
 use actix::prelude::*;
 use prometheus::IntCounter;
@@ -83,14 +83,6 @@ impl Handler<Register> for ReplyDispatcher {
     fn handle(&mut self, msg: Register, _: &mut Self::Context) {
         self.waiters.insert(msg.correlation_id, msg.waiter);
     }
-}
-
-/// A waiter has resolved.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct WaiterDone {
-    pub correlation_id: String,
-    pub timed_out: bool,
 }
 
 impl Handler<WaiterDone> for ReplyDispatcher {

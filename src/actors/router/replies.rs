@@ -1,7 +1,7 @@
 //! Checking backend replies before they are trusted, and merging the
 //! replies gathered from several workers into one.
 
-use super::{reply_error, Kind};
+use crate::contract::{reply_error, Kind};
 use crate::contract::{ErrorDetail, ErrorType};
 use serde_json::{json, Map, Value};
 

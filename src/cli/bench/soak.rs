@@ -13,7 +13,7 @@
 //!   records.) Resident memory is printed at every tenth of the runs.
 
 use super::stack::Stack;
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use crate::config::DEFAULT_IMAGE;
 use clap::Args;
 use futures::StreamExt;

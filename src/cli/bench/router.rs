@@ -5,20 +5,20 @@
 
 use super::responder::Responder;
 use super::stats::{print_table, Summary};
-use crate::actors::dispatcher::ReplyMetrics;
+use crate::actors::bus::dispatcher::ReplyMetrics;
+use crate::actors::bus::requester::{BusIdentity, Request, Requester};
 use crate::actors::router::{Router, RouterBackend, RouterConfig, RouterMetrics};
 use crate::auth::{issue_token, Acl, IssueRequest, Secrets, Verifier, AUDIENCE_API};
 use crate::broker::http::{HttpBroker, HttpBrokerConfig};
 use crate::broker::memory::{HubConfig, MemoryBroker};
 use crate::broker::SharedBroker;
-use crate::cli::Failure;
-use crate::containers::{Kind, PUBLIC_PREFIX};
+use crate::cli::failure::Failure;
+use crate::contract::{Kind, PUBLIC_PREFIX};
 use crate::credentials::{Token, TokenSource};
 use crate::http::events::EventsApi;
 use crate::http::probes::Probes;
 use crate::http::server;
 use crate::metrics::{BusMetrics, Metrics};
-use crate::request::{BusIdentity, Request, Requester};
 use clap::Args;
 use serde_json::json;
 use std::sync::Arc;

@@ -2,11 +2,11 @@
 //! with the static provider's reply and announces itself by heartbeat, so
 //! a measurement sees only the bus and the router.
 
-use crate::actors::subscription::{Delivered, Subscription};
+use crate::actors::bus::requester::BusIdentity;
+use crate::actors::bus::subscription::{Delivered, Subscription};
 use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
-use crate::containers::{static_provider, Kind, WORKER_GROUP};
 use crate::contract::Publication;
-use crate::request::BusIdentity;
+use crate::contract::{static_answers, Kind, WORKER_GROUP};
 use actix::prelude::*;
 use serde_json::json;
 use std::time::Duration;
@@ -58,7 +58,7 @@ impl Handler<Delivered> for Responder {
 
     fn handle(&mut self, Delivered(event): Delivered, ctx: &mut Self::Context) {
         let owner = event.payload["owner_account_id"].as_str().unwrap_or("");
-        let reply = static_provider::answer(Kind::Run, &event.payload, owner, "bench");
+        let reply = static_answers::answer(Kind::Run, &event.payload, owner, "bench");
         let mut publication = Publication::new(Kind::Run.response(&self.prefix), reply);
         publication.correlation_id = event.correlation_id.clone();
         let env = self.me.envelope(publication);

@@ -7,7 +7,7 @@ use crate::auth::{issue_token, Acl, IssueRequest, Secrets, Verifier, AUDIENCE_AP
 use crate::broker::http::{HttpBroker, HttpBrokerConfig};
 use crate::broker::memory::{HubConfig, MemoryBroker};
 use crate::broker::{Broker, SharedBroker, SubscribeSpec};
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use crate::contract::{Envelope, Publication};
 use crate::credentials::{Token, TokenSource};
 use crate::http::events::EventsApi;

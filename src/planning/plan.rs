@@ -5,8 +5,8 @@
 
 use crate::config::{Config, Profile, SandboxSettings};
 use crate::contract::{ErrorDetail, ErrorType};
+use crate::planning::sandbox::{plan_sandbox, SandboxPlan, Secrets};
 use crate::runtime::{labels, ContainerSpec, MountSpec};
-use crate::worker::sandbox::{plan_sandbox, SandboxPlan, Secrets};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -202,7 +202,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         crate::runtime::liveness::ProcessMark::current().label(),
     );
     let deadline = time::OffsetDateTime::now_utc().unix_timestamp()
-        + (timeout + crate::containers::RUN_GRACE.as_secs()) as i64;
+        + (timeout + crate::contract::RUN_GRACE.as_secs()) as i64;
     container_labels.insert(labels::DEADLINE.to_owned(), deadline.to_string());
     let egress = match (profile, &profile_name) {
         (Some(p), Some(name)) if !p.egress.is_empty() => {

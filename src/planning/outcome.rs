@@ -1,6 +1,6 @@
 //! How a container's end becomes a run result (`run.response`).
 
-use crate::containers::state::RunState;
+use crate::contract::RunState;
 use serde::Serialize;
 use serde_json::Value;
 

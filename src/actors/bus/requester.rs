@@ -2,9 +2,9 @@
 //! through a [`CorrelationWaiter`], with a fresh unguessable correlation id
 //! (UUIDv4) and a deadline. Used by the router and the API provider.
 
-use crate::actors::dispatcher::{Register, ReplyDispatcher, ReplyMetrics};
-use crate::actors::subscription::Subscription;
-use crate::actors::waiter::{CorrelationWaiter, Expect, Outcome};
+use super::dispatcher::{Register, ReplyDispatcher, ReplyMetrics};
+use crate::actors::bus::subscription::Subscription;
+use crate::actors::bus::waiter::{CorrelationWaiter, Expect, Outcome};
 use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
 use crate::contract::{Envelope, ErrorDetail, ErrorType, Publication};
 use actix::prelude::*;

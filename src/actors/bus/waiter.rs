@@ -3,7 +3,6 @@
 //! from services or the requester's own identity, and resolves exactly
 //! once: with the reply (or every gathered reply), or at the deadline.
 
-use super::dispatcher::WaiterDone;
 use crate::broker::Event;
 use actix::prelude::*;
 use std::collections::BTreeSet;
@@ -31,6 +30,14 @@ pub struct Outcome {
     pub timed_out: bool,
     /// Gathered workers that did not answer.
     pub missing: Vec<String>,
+}
+
+/// A waiter has resolved.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WaiterDone {
+    pub correlation_id: String,
+    pub timed_out: bool,
 }
 
 /// A reply for the waiter of its correlation id.

@@ -1,15 +1,9 @@
-//! The container-events contract (`spec/container-events.md`): the seven
-//! request kinds and their names, the effective-owner rule, reply
-//! validation and merging, and the static provider's answers.
+//! The container-events request kinds (`spec/container-events.md`), their
+//! names and how each reaches workers; the groups and timings of the
+//! contract.
 
-pub mod owner;
-pub mod replies;
-pub mod state;
-pub mod static_provider;
-
+use super::ErrorDetail;
 use serde_json::{json, Value};
-
-use crate::contract::ErrorDetail;
 
 /// The public prefix the router serves.
 pub const PUBLIC_PREFIX: &str = "bus.containers";

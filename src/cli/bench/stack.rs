@@ -2,7 +2,7 @@
 //! scratch config and data directory: the stack the end-to-end benchmark
 //! and the soak drive.
 
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

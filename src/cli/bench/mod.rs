@@ -13,7 +13,7 @@ mod worker;
 
 pub use stats::Summary;
 
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use clap::Subcommand;
 
 #[derive(Debug, Subcommand)]

@@ -9,21 +9,23 @@
 //! router never leaves a requester hanging: every path ends in a reply, a
 //! `timeout` error at the latest.
 
-use super::dispatcher::ReplyMetrics;
-use super::subscription::{self, Delivered, Subscription};
-use super::waiter::{Expect, Outcome};
+pub mod replies;
+
+use crate::actors::bus::dispatcher::ReplyMetrics;
+use crate::actors::bus::requester::{BusIdentity, Request, Requester};
+use crate::actors::bus::subscription::{self, Delivered, Subscription};
+use crate::actors::bus::waiter::{Expect, Outcome};
 use crate::broker::{run_id_of_envelope, BrokerError, SharedBroker, SubscribeSpec};
-use crate::containers::owner::effective_owner;
-use crate::containers::replies::{self, Part};
-use crate::containers::{
-    error_payload, static_provider, Addressing, Kind, DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX,
+use crate::contract::owner::effective_owner;
+use crate::contract::{
+    error_payload, static_answers, Addressing, Kind, DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX,
     ROUTER_GROUP, RUN_GRACE, WORKER_TTL,
 };
 use crate::contract::{ErrorDetail, ErrorType, Publication};
 use crate::metrics::Metrics;
-use crate::request::{BusIdentity, Request, Requester};
 use actix::prelude::*;
 use prometheus::IntCounter;
+use replies::Part;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -270,7 +272,7 @@ impl Router {
         };
         let prefix = match &self.config.backend {
             RouterBackend::Static => {
-                let reply = static_provider::answer(kind, &event.payload, &owner, "static");
+                let reply = static_answers::answer(kind, &event.payload, &owner, "static");
                 ctx.spawn(answer(reply).into_actor(self));
                 return;
             }

@@ -16,7 +16,7 @@
 use super::stack::Stack;
 use super::stats::{print_table, Summary};
 use super::worker::docker_run;
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use crate::config::DEFAULT_IMAGE;
 use clap::Args;
 use serde_json::{json, Value};

@@ -9,17 +9,17 @@
 
 use super::router::{measure, RouterBenchArgs};
 use super::stats::{print_table, Summary};
-use crate::actors::dispatcher::ReplyMetrics;
+use crate::actors::bus::dispatcher::ReplyMetrics;
+use crate::actors::bus::requester::{BusIdentity, Requester};
 use crate::actors::docker_worker::{DockerWorker, Engine, WorkerConfig};
 use crate::actors::router::{LiveWorkers, Router, RouterBackend, RouterConfig, RouterMetrics};
 use crate::broker::nats::{NatsBroker, NatsOptions};
 use crate::broker::SharedBroker;
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use crate::config::Config;
-use crate::containers::{Kind, PUBLIC_PREFIX};
+use crate::contract::{Kind, PUBLIC_PREFIX};
 use crate::metrics::Metrics;
-use crate::request::{BusIdentity, Requester};
-use crate::worker::plan::WorkerSettings;
+use crate::planning::plan::WorkerSettings;
 use clap::Args;
 use serde_json::json;
 use std::sync::Arc;
