@@ -32,7 +32,6 @@ pub mod http;
 pub mod metrics;
 pub mod parse;
 pub mod planning;
-pub mod provider;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

@@ -11,52 +11,34 @@
 //! label, see [`crate::runtime::liveness`]); pooled containers of an
 //! earlier, dead process are orphans.
 
-use crate::contract::{ErrorDetail, ErrorType};
+use crate::contract::replies::{
+    ProfileImage, RunnerDeleted, RunnerDetails, RunnerStarted, RunnerStatus, RunnerStatusReply,
+};
+use crate::contract::{ErrorDetail, ErrorType, RunnerState};
 use crate::runtime::SharedRuntime;
 use actix::prelude::*;
-use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Runner states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunnerState {
-    Ready,
-    Starting,
-    Stopped,
-    Unavailable,
-}
-
-impl RunnerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunnerState::Ready => "ready",
-            RunnerState::Starting => "starting",
-            RunnerState::Stopped => "stopped",
-            RunnerState::Unavailable => "unavailable",
-        }
-    }
-}
 
 /// Asks the worker which runs it holds (for the reaper).
 #[derive(Message)]
 #[rtype(result = "HashSet<String>")]
 pub struct ListLive;
 
-/// The runner's status payload.
+/// The runner's status.
 #[derive(Message)]
-#[rtype(result = "Value")]
+#[rtype(result = "RunnerStatusReply")]
 pub struct Status;
 
 /// Ensure the profile images.
 #[derive(Message)]
-#[rtype(result = "Result<Value, ErrorDetail>")]
+#[rtype(result = "Result<RunnerStarted, ErrorDetail>")]
 pub struct Start;
 
 /// Remove every container this worker manages.
 #[derive(Message)]
-#[rtype(result = "Result<Value, ErrorDetail>")]
+#[rtype(result = "Result<RunnerDeleted, ErrorDetail>")]
 pub struct RemoveAll;
 
 /// Reap orphans now; returns how many were removed.
@@ -159,42 +141,56 @@ impl Actor for Runner {
 }
 
 impl Handler<Status> for Runner {
-    type Result = ResponseActFuture<Self, Value>;
+    type Result = ResponseActFuture<Self, RunnerStatusReply>;
 
     fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
         let runtime = self.runtime.clone();
         let images = self.config.images.clone();
         Box::pin(
             async move {
-                let mut present = Map::new();
-                for (profile, image) in &images {
-                    let v = match runtime.image_present(image).await {
-                        Ok(p) => json!({"image": image, "present": p}),
-                        Err(e) => json!({"image": image, "error": e.to_string()}),
+                let mut profiles = BTreeMap::new();
+                for (profile, image) in images {
+                    let seen = match runtime.image_present(&image).await {
+                        Ok(p) => ProfileImage {
+                            image,
+                            present: Some(p),
+                            error: None,
+                        },
+                        Err(e) => ProfileImage {
+                            image,
+                            present: None,
+                            error: Some(e.to_string()),
+                        },
                     };
-                    present.insert(profile.clone(), v);
+                    profiles.insert(profile, seen);
                 }
-                present
+                profiles
             }
             .into_actor(self)
             .map(|profiles, act, _| {
-                let mut details = json!({
-                    "provider": act.runtime.provider(),
-                    "worker_id": act.config.worker_id,
-                    "engine_version": act.engine,
-                    "profiles": profiles,
-                });
-                if let Some(e) = &act.last_error {
-                    details["error"] = json!(e);
+                let provider = act.runtime.provider().to_owned();
+                RunnerStatusReply {
+                    status: RunnerStatus {
+                        state: *act.state.borrow(),
+                        provider: Some(provider.clone()),
+                        details: Some(RunnerDetails {
+                            provider: Some(provider),
+                            worker_id: Some(act.config.worker_id.clone()),
+                            engine_version: act.engine.clone(),
+                            profiles,
+                            error: act.last_error.clone(),
+                            ..Default::default()
+                        }),
+                        error: None,
+                    },
                 }
-                json!({"status": {"state": act.state.borrow().as_str(), "provider": act.runtime.provider(), "details": details}})
             }),
         )
     }
 }
 
 impl Handler<Start> for Runner {
-    type Result = ResponseActFuture<Self, Result<Value, ErrorDetail>>;
+    type Result = ResponseActFuture<Self, Result<RunnerStarted, ErrorDetail>>;
 
     fn handle(&mut self, _: Start, _: &mut Self::Context) -> Self::Result {
         let before = *self.state.borrow();
@@ -235,7 +231,7 @@ impl Handler<Start> for Runner {
                             )
                         })?;
                 }
-                Ok(json!({"accepted": true, "action": "start"}))
+                Ok(RunnerStarted::default())
             }
             .into_actor(self)
             .map(move |res, act, _| {
@@ -248,7 +244,7 @@ impl Handler<Start> for Runner {
 }
 
 impl Handler<RemoveAll> for Runner {
-    type Result = ResponseFuture<Result<Value, ErrorDetail>>;
+    type Result = ResponseFuture<Result<RunnerDeleted, ErrorDetail>>;
 
     fn handle(&mut self, _: RemoveAll, _: &mut Self::Context) -> Self::Result {
         let runtime = self.runtime.clone();
@@ -275,7 +271,10 @@ impl Handler<RemoveAll> for Runner {
                 }
             }
             tracing::info!(removed, "runner delete: removed managed containers");
-            Ok(json!({"deleted": true, "removed": removed}))
+            Ok(RunnerDeleted {
+                deleted: true,
+                removed: Some(removed),
+            })
         })
     }
 }

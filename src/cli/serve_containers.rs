@@ -2,22 +2,23 @@
 
 use super::failure::Failure;
 use super::process::{connect, hostname, stop_signal, BusArgs};
+use crate::actors::api_provider::backend::{Backend, BusBackend, StaticBackend};
+use crate::actors::api_provider::billing::{Billing, BILLING_EVENT};
+use crate::actors::api_provider::usage::Usage;
+use crate::actors::api_provider::{ApiProvider, ProviderConfig, ProviderMetrics};
 use crate::actors::bus::dispatcher::ReplyMetrics;
+use crate::actors::bus::edge::events;
 use crate::actors::bus::requester::{reply_name, Requester};
 use crate::actors::bus::subscription::Subscription;
-use crate::actors::live_runs::LiveRuns;
 use crate::auth::{Secrets, Verifier, AUDIENCE_API, AUDIENCE_INTERNAL};
 use crate::broker::SubscribeSpec;
-use crate::contract::{Kind, PUBLIC_PREFIX};
+use crate::contract::{Kind, RunOutput, RunStarted, PUBLIC_PREFIX};
 use crate::http::containers::ContainersApi;
-use crate::http::probes::Probes;
+use crate::http::probes::{Probes, ReadyCheck};
 use crate::http::request_metrics::RequestMetrics;
 use crate::http::server;
 use crate::metrics::Metrics;
 use crate::parse::parse_duration;
-use crate::provider::backend::{Backend, BusBackend, StaticBackend};
-use crate::provider::usage::{Billing, Usage, BILLING_EVENT};
-use crate::provider::{Provider, ProviderConfig, ProviderMetrics};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Retention, SharedStore};
 use actix::Actor;
@@ -203,7 +204,6 @@ pub async fn start(
         }
     });
     let pmetrics = ProviderMetrics::register(&metrics);
-    let live = LiveRuns::new(opts.output_cap_bytes, store.clone()).start();
     let requester = bus.as_ref().map(|(broker, identity)| {
         Requester::new(
             broker.clone(),
@@ -219,21 +219,25 @@ pub async fn start(
             "the events backends need a connection to the bus",
         ));
     }
-    let backend: Arc<dyn Backend> = match (&opts.backend, &requester) {
+    let (backend, ready): (Backend, ReadyCheck) = match (&opts.backend, &requester) {
         (ApiBackend::Events, Some(r)) => {
             for kind in Kind::ALL {
                 r.listen(&kind.response(PUBLIC_PREFIX)).await?;
             }
-            for event in ["run.started", "run.output"] {
-                let spec = SubscribeSpec::broadcast(format!("{PUBLIC_PREFIX}.{event}"))
-                    .consumer(format!("api-{instance_id}"));
-                Subscription::start(r.broker().clone(), spec, live.clone().recipient()).await?;
-            }
-            Arc::new(BusBackend {
+            let broker = r.broker().clone();
+            let backend = BusBackend {
                 requester: r.clone(),
-            })
+            }
+            .start();
+            (
+                Backend::of("events", backend),
+                Arc::new(move || broker.ready().map_err(|e| e.to_string())),
+            )
         }
-        _ => Arc::new(StaticBackend),
+        _ => (
+            Backend::of("static", StaticBackend.start()),
+            Arc::new(|| Ok(())),
+        ),
     };
     let usage = match (opts.usage_backend, &requester) {
         (UsageBackend::Events, Some(r)) => {
@@ -249,30 +253,45 @@ pub async fn start(
         }
         _ => Billing::None,
     };
-    let provider = Provider {
-        backend: backend.clone(),
-        store,
-        live,
-        usage: usage.clone(),
-        billing,
-        config: ProviderConfig {
-            instance_id: instance_id.clone(),
-            request_timeout: opts.request_timeout,
-            default_timeout: crate::contract::DEFAULT_REQUEST_TIMEOUT,
-            max_concurrent_runs: opts.max_concurrent_runs,
-            output_cap: opts.output_cap_bytes,
-        },
-        metrics: pmetrics,
+    let config = ProviderConfig {
+        instance_id: instance_id.clone(),
+        request_timeout: opts.request_timeout,
+        default_timeout: crate::contract::DEFAULT_REQUEST_TIMEOUT,
+        max_concurrent_runs: opts.max_concurrent_runs,
+        output_cap: opts.output_cap_bytes,
     };
+    let provider =
+        ApiProvider::new(backend, store, usage.clone(), billing, config, pmetrics).start();
+    if let (ApiBackend::Events, Some(r)) = (&opts.backend, &requester) {
+        let spec = |event: &str| {
+            SubscribeSpec::broadcast(format!("{PUBLIC_PREFIX}.{event}"))
+                .consumer(format!("api-{instance_id}"))
+        };
+        Subscription::start_decoded(
+            r.broker().clone(),
+            spec("run.started"),
+            events::<RunStarted>(),
+            provider.clone().recipient(),
+        )
+        .await?;
+        Subscription::start_decoded(
+            r.broker().clone(),
+            spec("run.output"),
+            events::<RunOutput>(),
+            provider.clone().recipient(),
+        )
+        .await?;
+    }
     let api = ContainersApi {
         provider,
         public: Verifier::new(&secrets, AUDIENCE_API),
         internal: Verifier::new(&secrets, AUDIENCE_INTERNAL),
         max_body: opts.max_body_bytes,
         heartbeat: opts.heartbeat,
+        wait_cap: opts.request_timeout,
     };
     let probes = Probes {
-        ready: Arc::new(move || backend.ready()),
+        ready,
         metrics: metrics.clone(),
     };
     let request_metrics = RequestMetrics::register(&metrics, "bus_api");

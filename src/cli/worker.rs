@@ -7,10 +7,11 @@ use crate::actors::bus::requester::Requester;
 use crate::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
 use crate::config::{Config, Profile};
 use crate::contract::validate_name;
-use crate::contract::{static_answers, Kind, PUBLIC_PREFIX};
+use crate::contract::RunRequest;
+use crate::contract::{static_answers, PUBLIC_PREFIX};
 use crate::metrics::Metrics;
 use crate::parse::{parse_bool, parse_duration};
-use crate::planning::plan::{plan_run, RunRequest, WorkerSettings};
+use crate::planning::plan::{plan_run, WorkerSettings};
 use crate::runtime::docker::{docker_host, DockerRuntime};
 use crate::runtime::MountSpec;
 use clap::{Args, ValueEnum};
@@ -253,13 +254,8 @@ fn self_test(
         serde_json::from_value(serde_json::json!({"profile": "codex", "args": ["printf", "OK"]}))?;
     plan_run(&request, "self-test", settings)
         .map_err(|e| Failure::error(format!("self-test: {e}")))?;
-    let reply = static_answers::answer(
-        Kind::Run,
-        &serde_json::json!({"args": ["printf", "OK"]}),
-        "self-test",
-        "self-test",
-    );
-    if reply["stdout"] != "static: printf OK" {
+    let reply = static_answers::run(&request, "self-test", "self-test");
+    if reply.stdout != "static: printf OK" {
         return Err(Failure::error(
             "self-test: the static provider answered wrongly",
         ));

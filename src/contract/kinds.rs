@@ -2,9 +2,6 @@
 //! names and how each reaches workers; the groups and timings of the
 //! contract.
 
-use super::ErrorDetail;
-use serde_json::{json, Value};
-
 /// The public prefix the router serves.
 pub const PUBLIC_PREFIX: &str = "bus.containers";
 /// The unicast group routers share on public requests.
@@ -19,6 +16,17 @@ pub const RUN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 pub const WORKER_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 /// Workers publish a heartbeat this often.
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A run's reply deadline: its `timeout_seconds` plus [`RUN_GRACE`],
+/// capped by `cap` (`--request-timeout`); `cap` itself without a timeout.
+/// The one copy of this rule: the API provider, the router and a
+/// worker's queue check all use it.
+pub fn run_deadline(timeout_seconds: Option<i64>, cap: std::time::Duration) -> std::time::Duration {
+    match timeout_seconds {
+        Some(t) if t > 0 => (std::time::Duration::from_secs(t as u64) + RUN_GRACE).min(cap),
+        _ => cap,
+    }
+}
 
 /// A request kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,18 +109,6 @@ impl Kind {
             Kind::RunnerStatus | Kind::RunnerStart | Kind::RunnerDelete
         )
     }
-}
-
-/// `{"error":{...}}` as a reply payload.
-pub fn error_payload(e: &ErrorDetail) -> Value {
-    json!({ "error": e })
-}
-
-/// The error of a reply payload, if it is an error reply.
-pub fn reply_error(payload: &Value) -> Option<ErrorDetail> {
-    payload
-        .get("error")
-        .and_then(|e| serde_json::from_value::<ErrorDetail>(e.clone()).ok())
 }
 
 #[cfg(test)]

@@ -1,19 +1,31 @@
 //! The wire: the shapes every program on the bus speaks — the event
 //! envelope, event names, the error body, and the container-events
 //! contract (`spec/container-events.md`): request kinds and their names,
-//! run states, the effective-owner rule and the static provider's answers.
+//! one type per payload ([`run`], [`replies`], [`events`]), run and
+//! runner states, the effective-owner rule and the static provider's
+//! answers. Actors decode payloads into these types at the edge
+//! (`actors::bus::edge`) and never pass raw JSON between each other.
 //!
 //! These are the contract other BusDK programs speak: input is lenient
 //! where the spec says so, output exact.
 
 mod envelope;
 mod error;
+pub mod events;
 mod kinds;
+mod lenient;
 pub mod owner;
+pub mod replies;
+pub mod run;
 mod run_state;
 pub mod static_answers;
+pub mod wire;
 
 pub use envelope::*;
 pub use error::*;
+pub use events::{OutputStream, RunOutput, RunStarted, WorkerHeartbeat};
 pub use kinds::*;
+pub use replies::{decode, encode, Reply, RunnerState, WorkerReply};
+pub use run::{RunRequest, RunResult, RunSpec};
 pub use run_state::RunState;
+pub use wire::WireRequest;

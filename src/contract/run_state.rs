@@ -2,9 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
+    #[default]
     Running,
     /// Exit code 0.
     Succeeded,
@@ -36,10 +37,6 @@ impl RunState {
 
     pub fn parse(s: &str) -> Option<RunState> {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
-    }
-
-    pub fn is_terminal(self) -> bool {
-        self != RunState::Running
     }
 
     /// The run ran (a container started and ended).

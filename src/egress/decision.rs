@@ -3,34 +3,14 @@
 //! (`details.egress`). Lines carry destinations and outcomes, never
 //! paths, queries or header values.
 
-use serde::{Deserialize, Serialize};
+use crate::contract::run::{EgressDestination, EgressReport};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
 
-/// One decision line (`"event":"decision"`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Decision {
-    pub ts: String,
-    /// `allow` or `deny`.
-    pub decision: String,
-    /// `CONNECT`, or the method of a plain (or intercepted) request.
-    pub method: String,
-    pub host: String,
-    pub port: u16,
-    /// The status the proxy answered or passed on (403 when denied).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// A credential header was set on the request.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub credential: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
-}
+/// One decision line (`"event":"decision"`): the wire type, shared with
+/// the run result that summarises them.
+pub use crate::contract::run::EgressDecision as Decision;
 
 /// Writes a JSON line on stdout (one write per line, so lines from
 /// concurrent connections never interleave).
@@ -41,12 +21,11 @@ pub fn emit(line: &Value) {
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
-impl Decision {
-    pub fn emit(&self) {
-        let mut line = serde_json::to_value(self).unwrap_or_default();
-        line["event"] = json!("decision");
-        emit(&line);
-    }
+/// Writes one decision line.
+pub fn emit_decision(d: &Decision) {
+    let mut line = serde_json::to_value(d).unwrap_or_default();
+    line["event"] = json!("decision");
+    emit(&line);
 }
 
 /// The most decisions a run record keeps verbatim.
@@ -110,32 +89,27 @@ impl Summary {
     }
 
     /// `details.egress`.
-    pub fn to_json(&self, allowlist: &[String]) -> Value {
-        let destinations: Vec<Value> = self
-            .by_destination
-            .iter()
-            .map(|((host, port, decision), count)| {
-                json!({"host": host, "port": port, "decision": decision, "count": count})
-            })
-            .collect();
-        let mut v = json!({
-            "allowlist": allowlist,
-            "allowed": self.allowed,
-            "denied": self.denied,
-            "destinations": destinations,
-            "log": self.kept,
-        });
-        if self.dropped > 0 {
-            v["log_truncated"] = json!(true);
+    pub fn report(&self, allowlist: &[String]) -> EgressReport {
+        EgressReport {
+            allowlist: allowlist.to_vec(),
+            allowed: self.allowed,
+            denied: self.denied,
+            destinations: self
+                .by_destination
+                .iter()
+                .map(|((host, port, decision), count)| EgressDestination {
+                    host: host.clone(),
+                    port: *port,
+                    decision: decision.clone(),
+                    count: *count,
+                })
+                .collect(),
+            log: self.kept.clone(),
+            log_truncated: self.dropped > 0,
+            errors: self.errors.clone(),
+            refused_clients: self.refused_clients,
+            proxy_exited_early: false,
         }
-        if !self.errors.is_empty() {
-            v["errors"] = json!(self.errors);
-        }
-        if self.refused_clients > 0 {
-            // Connections from outside the run's network, not served.
-            v["refused_clients"] = json!(self.refused_clients);
-        }
-        v
     }
 }
 
@@ -152,7 +126,7 @@ mod tests {
             s.take_line(r#"{"event":"decision","ts":"t","decision":"allow","method":"CONNECT","host":"a.test","port":443,"status":200}"#);
         }
         s.take_line(r#"{"event":"decision","ts":"t","decision":"deny","method":"GET","host":"evil.test","port":80,"status":403}"#);
-        let v = s.to_json(&["a.test:443".into()]);
+        let v = serde_json::to_value(s.report(&["a.test:443".into()])).unwrap();
         assert_eq!(v["allowed"], 3);
         assert_eq!(v["denied"], 1);
         assert_eq!(v["destinations"].as_array().unwrap().len(), 2);

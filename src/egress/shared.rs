@@ -3,7 +3,7 @@
 //! logging, upstream connections and request preparation.
 
 use super::ca::RunCa;
-use super::decision::Decision;
+use super::decision::{emit_decision, Decision};
 use super::policy::{Credential, Destination, Policy};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -91,7 +91,7 @@ pub fn log(
     credential: bool,
     reason: Option<String>,
 ) {
-    Decision {
+    emit_decision(&Decision {
         ts: crate::contract::now_rfc3339(),
         decision: if allowed { "allow" } else { "deny" }.into(),
         method: method.as_str().to_owned(),
@@ -100,8 +100,7 @@ pub fn log(
         status: Some(status),
         credential,
         reason,
-    }
-    .emit();
+    });
 }
 
 /// Opens a TCP connection to `d`, bounded in time.

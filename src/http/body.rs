@@ -64,3 +64,63 @@ pub fn query_bool(
         }
     }
 }
+
+/// Parses a JSON object body strictly: explicit nulls are refused like any
+/// other wrong type, then the fields are read into `T`.
+pub fn strict_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = parse_json(body)?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if let Some((k, _)) = obj.iter().find(|(_, v)| v.is_null()) {
+        return Err(ApiError::bad_request(format!("{k} must not be null")));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+}
+
+/// `POST /api/v1/containers/runs`: a run spec and `wait`, nothing else.
+#[derive(Debug, Clone)]
+pub struct RunBody {
+    pub spec: crate::contract::RunSpec,
+    pub wait: bool,
+}
+
+/// Reads a run body strictly: an unknown field, a null, a wrong type or
+/// trailing data is a 400.
+pub fn run_body(body: &[u8]) -> Result<RunBody, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Wait {
+        wait: Option<bool>,
+    }
+    let mut map: serde_json::Map<String, serde_json::Value> = strict_object(body)?;
+    if let Some(unknown) = map
+        .keys()
+        .find(|k| *k != "wait" && !crate::contract::run::RUN_SPEC_FIELDS.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid body: unknown field `{unknown}`, expected one of `wait`, {}",
+            crate::contract::run::RUN_SPEC_FIELDS
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let wait: Wait = serde_json::from_value(serde_json::json!({"wait": map.remove("wait")}))
+        .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+    let spec = serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+    Ok(RunBody {
+        spec,
+        wait: wait.wait.unwrap_or(true),
+    })
+}
+
+/// `POST /api/v1/containers/runs/{run_id}/input`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputBody {
+    pub data: Option<String>,
+    #[serde(default)]
+    pub eof: bool,
+}

@@ -1,21 +1,26 @@
-//! The containers REST API (`spec/containers-api.md`): authentication per
-//! audience and scope, strict bodies and queries, account isolation. The
-//! work itself is the [`Provider`]'s.
+//! The containers REST API (`spec/containers-api.md`). Each handler
+//! authenticates (audience and scope), parses strictly, and sends one
+//! message to the [`ApiProvider`], whose answer or [`ProviderError`]
+//! becomes the response; the provider does the work.
+//!
+//! [`ProviderError`]: crate::actors::api_provider::ProviderError
 
-use super::body::{query_bool, query_map, read_limited};
+use super::body::{query_bool, query_map, read_limited, run_body, strict_object, InputBody};
 use super::events::bearer_identity;
 use super::ndjson::{line, with_heartbeats};
 use super::ApiError;
-use crate::actors::live_runs::{chunks_of_result, exit_line, Follow, LogItem};
+use crate::actors::api_provider::messages::{
+    CreateRun, Created, DeleteRun, FollowLogs, GetRun, ListRuns, LogChunk, LogItem, RunnerDelete,
+    RunnerStart, RunnerStatus, SendInput, Status, WaitRun, Waited,
+};
+use crate::actors::api_provider::{ApiProvider, ProviderError};
 use crate::auth::{scopes, Identity, Verifier};
-use crate::contract::Kind;
-use crate::contract::RunState;
-use crate::provider::body::{strict_object, CreateRun, Input};
-use crate::provider::{valid_run_id, Created, Provider};
-use crate::store::RunRecord;
+use crate::contract::run::valid_run_id;
+use crate::contract::{encode, Reply, RunResult};
+use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 /// The OpenAPI document of this API (also in the repository).
@@ -24,13 +29,15 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 /// What the containers API needs.
 #[derive(Clone)]
 pub struct ContainersApi {
-    pub provider: Provider,
+    pub provider: Addr<ApiProvider>,
     /// Audience `ai.hg.fi/api`.
     pub public: Verifier,
     /// Audience `ai.hg.fi/internal`.
     pub internal: Verifier,
     pub max_body: usize,
     pub heartbeat: Duration,
+    /// The longest `GET .../wait` (`--request-timeout`).
+    pub wait_cap: Duration,
 }
 
 fn caller(req: &HttpRequest, api: &ContainersApi, scope: &str) -> Result<Identity, ApiError> {
@@ -56,37 +63,18 @@ fn run_id(req: &HttpRequest) -> String {
         .to_owned()
 }
 
-fn record_json(r: &RunRecord) -> Value {
-    json!({
-        "run_id": r.run_id,
-        "owner_account_id": r.owner_account_id,
-        "state": r.state,
-        "worker_id": r.worker_id,
-        "profile": r.profile,
-        "image": r.image,
-        "args": r.args,
-        "created_at": r.created_at,
-        "finished_at": r.finished_at,
-        "result": r.result,
-    })
-}
-
-fn summary_json(r: &RunRecord) -> Value {
-    json!({
-        "run_id": r.run_id,
-        "state": r.state,
-        "worker_id": r.worker_id,
-        "profile": r.profile,
-        "image": r.image,
-        "created_at": r.created_at,
-        "finished_at": r.finished_at,
-        "exit_code": r.result.as_ref().and_then(|v| v.get("exit_code")).cloned().unwrap_or(Value::Null),
-    })
+/// A run's HTTP answer from its result.
+fn answer(result: Reply<RunResult>) -> Result<HttpResponse, ApiError> {
+    match result {
+        Reply::Ok(r) => Ok(HttpResponse::Ok().json(r)),
+        Reply::Err(e) => Err(ProviderError::Refused(e).into()),
+    }
 }
 
 async fn status(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_READ)?;
-    Ok(HttpResponse::Ok().json(api.provider.status(&who.sub).await?))
+    let view = api.provider.send(Status { owner: who.sub }).await??;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 async fn create(
@@ -95,9 +83,13 @@ async fn create(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_RUN)?;
-    let body = read_limited(&req, payload, api.max_body).await?;
-    let run: CreateRun = strict_object(&body)?;
-    match api.provider.create(&who.sub, run).await? {
+    let body = run_body(&read_limited(&req, payload, api.max_body).await?)?;
+    let created = CreateRun {
+        owner: who.sub,
+        spec: body.spec,
+        wait: body.wait,
+    };
+    match api.provider.send(created).await?? {
         Created::Done(result) => Ok(HttpResponse::Ok().json(result)),
         Created::Accepted(run_id) => {
             Ok(HttpResponse::Accepted().json(json!({"run_id": run_id, "state": "running"})))
@@ -122,16 +114,13 @@ async fn list(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
     }
     let page = api
         .provider
-        .store
-        .list(&who.sub, limit, before)
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    let items: Vec<Value> = page.items.iter().map(summary_json).collect();
-    let mut out = json!({ "items": items });
-    if let Some(next) = page.next {
-        out["next"] = json!(next);
-    }
-    Ok(HttpResponse::Ok().json(out))
+        .send(ListRuns {
+            owner: who.sub,
+            limit,
+            before,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(page))
 }
 
 async fn get_run(
@@ -139,8 +128,14 @@ async fn get_run(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_READ)?;
-    let record = api.provider.owned(&run_id(&req), &who.sub).await?;
-    Ok(HttpResponse::Ok().json(record_json(&record)))
+    let view = api
+        .provider
+        .send(GetRun {
+            run_id: run_id(&req),
+            owner: who.sub,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(view))
 }
 
 async fn delete_run(
@@ -148,33 +143,44 @@ async fn delete_run(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_DELETE)?;
-    Ok(HttpResponse::Ok().json(api.provider.delete(&run_id(&req), &who.sub).await?))
+    let deleted = api
+        .provider
+        .send(DeleteRun {
+            run_id: run_id(&req),
+            owner: who.sub,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(deleted))
 }
 
 async fn wait(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_READ)?;
     let q = query_map(&req)?;
-    let cap = api.provider.config.request_timeout;
     let timeout = match q.get("timeout") {
-        None => cap,
-        Some(t) => crate::parse::parse_duration_capped(t, cap)
+        None => api.wait_cap,
+        Some(t) => crate::parse::parse_duration_capped(t, api.wait_cap)
             .map_err(|e| ApiError::bad_request(format!("timeout: {e}")))?,
     };
     let id = run_id(&req);
-    match api.provider.wait(&id, &who.sub, timeout).await? {
-        Some(result) => Ok(HttpResponse::Ok().json(crate::provider::answer_of(&result)?)),
-        None => Ok(HttpResponse::Accepted().json(json!({"run_id": id, "state": "running"}))),
+    let waited = WaitRun {
+        run_id: id.clone(),
+        owner: who.sub,
+        timeout,
+    };
+    match api.provider.send(waited).await?? {
+        Waited::Done(result) => answer(result),
+        Waited::StillRunning => {
+            Ok(HttpResponse::Accepted().json(json!({"run_id": id, "state": "running"})))
+        }
     }
 }
 
-/// The log lines of a finished run: its output, then its exit line.
-fn finished_lines(result: &Value) -> Vec<bytes::Bytes> {
-    let mut out: Vec<bytes::Bytes> = chunks_of_result(result)
-        .iter()
-        .map(|c| line(&serde_json::to_value(c).unwrap_or_default()))
-        .collect();
-    out.push(line(&exit_line(result)));
-    out
+fn chunk_line(c: &LogChunk) -> bytes::Bytes {
+    line(&encode(c))
+}
+
+fn exit_line(result: &Reply<RunResult>) -> bytes::Bytes {
+    line(&json!({ "exit": result }))
 }
 
 /// What a log stream has sent of each output stream.
@@ -185,21 +191,28 @@ struct Streamed {
 }
 
 impl Streamed {
-    fn count(&mut self, c: &crate::actors::live_runs::LogChunk) {
-        let i = usize::from(c.stream == "stderr");
-        self.bytes[i] += c.data.len();
+    fn count(&mut self, c: &LogChunk) {
+        self.bytes[c.stream.index()] += c.data.len();
         self.next_seq = self.next_seq.max(c.seq + 1);
     }
 
     /// The part of the result's output past what was sent.
-    fn rest_of(&mut self, result: &Value) -> Vec<crate::actors::live_runs::LogChunk> {
+    fn rest_of(&mut self, result: &Reply<RunResult>) -> Vec<LogChunk> {
+        let Reply::Ok(r) = result else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
-            let text = result.get(stream).and_then(Value::as_str).unwrap_or("");
-            if let Some(rest) = text.get(self.bytes[i]..).filter(|r| !r.is_empty()) {
-                out.push(crate::actors::live_runs::LogChunk {
+        for (stream, text) in [
+            (crate::contract::OutputStream::Stdout, &r.stdout),
+            (crate::contract::OutputStream::Stderr, &r.stderr),
+        ] {
+            if let Some(rest) = text
+                .get(self.bytes[stream.index()]..)
+                .filter(|r| !r.is_empty())
+            {
+                out.push(LogChunk {
                     seq: self.next_seq,
-                    stream: stream.into(),
+                    stream,
                     data: rest.to_owned(),
                 });
                 self.next_seq += 1;
@@ -213,78 +226,45 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
     let who = caller(&req, &api, scopes::CONTAINER_READ)?;
     let q = query_map(&req)?;
     let follow = query_bool(&q, "follow", false)?;
-    let id = run_id(&req);
-    let record = api.provider.owned(&id, &who.sub).await?;
-    let live = api
+    let feed = api
         .provider
-        .live
-        .send(Follow {
-            run_id: id.clone(),
+        .send(FollowLogs {
+            run_id: run_id(&req),
+            owner: who.sub,
             follow,
         })
-        .await
-        .ok()
-        .flatten();
-    let chunk_line =
-        |c: &crate::actors::live_runs::LogChunk| line(&serde_json::to_value(c).unwrap_or_default());
-    let lines: futures::stream::LocalBoxStream<'static, bytes::Bytes> = match (live, record.state) {
-        (Some((so_far, rx)), _) => {
-            let head = futures::stream::iter(so_far.iter().map(chunk_line).collect::<Vec<_>>());
-            match rx {
-                None => head.boxed_local(),
-                Some(rx) => {
-                    let mut sent = Streamed::default();
-                    so_far.iter().for_each(|c| sent.count(c));
-                    let tail = tokio_stream::wrappers::ReceiverStream::new(rx)
-                        .scan((false, sent), move |(ended, sent), item| {
-                            if *ended {
-                                return futures::future::ready(None);
-                            }
-                            let out = match item {
-                                LogItem::Chunk(c) => {
-                                    sent.count(&c);
-                                    vec![line(&serde_json::to_value(c).unwrap_or_default())]
-                                }
-                                LogItem::Exit(result) => {
-                                    *ended = true;
-                                    // Output the events did not carry (a backend that
-                                    // streams none, or events dropped under load)
-                                    // comes from the result, then the exit line.
-                                    let mut lines: Vec<bytes::Bytes> =
-                                        sent.rest_of(&result).iter().map(chunk_line).collect();
-                                    lines.push(line(&exit_line(&result)));
-                                    lines
-                                }
-                            };
-                            futures::future::ready(Some(futures::stream::iter(out)))
-                        })
-                        .flatten();
-                    head.chain(tail).boxed_local()
-                }
-            }
-        }
-        (None, RunState::Running) if follow => {
-            // Running on another instance: watch the ledger for its end.
-            let provider = api.provider.clone();
-            futures::stream::once(async move {
-                loop {
-                    actix_rt::time::sleep(Duration::from_millis(500)).await;
-                    match provider.store.get(&id).await {
-                        Ok(Some(r)) if r.state != RunState::Running => {
-                            break r.result.unwrap_or(Value::Null)
-                        }
-                        Ok(None) => break json!({"run_id": id, "state": "cancelled"}),
-                        _ => {}
+        .await??;
+    let mut sent = Streamed::default();
+    feed.so_far.iter().for_each(|c| sent.count(c));
+    let head = futures::stream::iter(feed.so_far.iter().map(chunk_line).collect::<Vec<_>>());
+    let lines: futures::stream::LocalBoxStream<'static, bytes::Bytes> = match feed.rest {
+        None => head.boxed_local(),
+        Some(rx) => {
+            let tail = tokio_stream::wrappers::ReceiverStream::new(rx)
+                .scan((false, sent), move |(ended, sent), item| {
+                    if *ended {
+                        return futures::future::ready(None);
                     }
-                }
-            })
-            .flat_map(|result| futures::stream::iter(finished_lines(&result)))
-            .boxed_local()
-        }
-        (None, RunState::Running) => futures::stream::empty().boxed_local(),
-        (None, _) => {
-            let result = record.result.clone().unwrap_or(Value::Null);
-            futures::stream::iter(finished_lines(&result)).boxed_local()
+                    let out = match item {
+                        LogItem::Chunk(c) => {
+                            sent.count(&c);
+                            vec![chunk_line(&c)]
+                        }
+                        LogItem::Exit(result) => {
+                            *ended = true;
+                            // Output the events did not carry (a backend that
+                            // streams none, or events dropped under load)
+                            // comes from the result, then the exit line.
+                            let mut lines: Vec<bytes::Bytes> =
+                                sent.rest_of(&result).iter().map(chunk_line).collect();
+                            lines.push(exit_line(&result));
+                            lines
+                        }
+                    };
+                    futures::future::ready(Some(futures::stream::iter(out)))
+                })
+                .flatten();
+            head.chain(tail).boxed_local()
         }
     };
     Ok(HttpResponse::Ok()
@@ -300,9 +280,17 @@ async fn input(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_RUN)?;
-    let body = read_limited(&req, payload, api.max_body).await?;
-    let input: Input = strict_object(&body)?;
-    Ok(HttpResponse::Ok().json(api.provider.input(&run_id(&req), &who.sub, input).await?))
+    let body: InputBody = strict_object(&read_limited(&req, payload, api.max_body).await?)?;
+    let accepted = api
+        .provider
+        .send(SendInput {
+            run_id: run_id(&req),
+            owner: who.sub,
+            data: body.data,
+            eof: body.eof,
+        })
+        .await??;
+    Ok(HttpResponse::Ok().json(accepted))
 }
 
 async fn runner_get(
@@ -310,7 +298,7 @@ async fn runner_get(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     operator(&req, &api)?;
-    Ok(HttpResponse::Ok().json(api.provider.runner(Kind::RunnerStatus).await?))
+    Ok(HttpResponse::Ok().json(api.provider.send(RunnerStatus).await??))
 }
 
 async fn runner_start(
@@ -318,9 +306,8 @@ async fn runner_start(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     operator(&req, &api)?;
-    let mut v = api.provider.runner(Kind::RunnerStart).await?;
-    v = json!({"accepted": v.get("accepted").cloned().unwrap_or(json!(true)), "action": "start"});
-    Ok(HttpResponse::Accepted().json(v))
+    let started = api.provider.send(RunnerStart).await??;
+    Ok(HttpResponse::Accepted().json(json!({"accepted": started.accepted, "action": "start"})))
 }
 
 async fn runner_delete(
@@ -328,7 +315,7 @@ async fn runner_delete(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     operator(&req, &api)?;
-    api.provider.runner(Kind::RunnerDelete).await?;
+    api.provider.send(RunnerDelete).await??;
     Ok(HttpResponse::Ok().json(json!({"deleted": true})))
 }
 
@@ -391,38 +378,40 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: ContainersApi) {
 #[cfg(test)]
 mod streamed_tests {
     use super::Streamed;
-    use crate::actors::live_runs::LogChunk;
-    use serde_json::json;
+    use crate::actors::api_provider::messages::LogChunk;
+    use crate::contract::{OutputStream, Reply, RunResult};
 
-    fn chunk(seq: u64, stream: &str, data: &str) -> LogChunk {
+    fn chunk(seq: u64, stream: OutputStream, data: &str) -> LogChunk {
         LogChunk {
             seq,
-            stream: stream.into(),
+            stream,
             data: data.into(),
         }
     }
 
     #[test]
     fn the_result_fills_in_what_the_events_did_not_carry() {
-        let result = json!({"stdout": "hello world", "stderr": "oops"});
+        use OutputStream::{Stderr, Stdout};
+        let result = Reply::Ok(RunResult {
+            stdout: "hello world".into(),
+            stderr: "oops".into(),
+            ..Default::default()
+        });
         // No events at all (a backend that streams none): all of it.
         let rest = Streamed::default().rest_of(&result);
         assert_eq!(
             rest,
-            vec![
-                chunk(0, "stdout", "hello world"),
-                chunk(1, "stderr", "oops")
-            ]
+            vec![chunk(0, Stdout, "hello world"), chunk(1, Stderr, "oops")]
         );
         // Some events: only the remainder, numbered after them.
         let mut sent = Streamed::default();
-        sent.count(&chunk(0, "stdout", "hello"));
-        sent.count(&chunk(1, "stderr", "oops"));
-        assert_eq!(sent.rest_of(&result), vec![chunk(2, "stdout", " world")]);
+        sent.count(&chunk(0, Stdout, "hello"));
+        sent.count(&chunk(1, Stderr, "oops"));
+        assert_eq!(sent.rest_of(&result), vec![chunk(2, Stdout, " world")]);
         // Everything came as events: nothing more.
         let mut all = Streamed::default();
-        all.count(&chunk(0, "stdout", "hello world"));
-        all.count(&chunk(1, "stderr", "oops"));
+        all.count(&chunk(0, Stdout, "hello world"));
+        all.count(&chunk(1, Stderr, "oops"));
         assert!(all.rest_of(&result).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! One error type for every HTTP endpoint, rendered as the contract's
 //! `{"error":{"type","message","action"?,"command"?}}` with its status.
 
+use crate::actors::api_provider::ProviderError;
 use crate::auth::AuthError;
 use crate::broker::BrokerError;
 use crate::contract::{ErrorDetail, ErrorType};
@@ -59,6 +60,21 @@ impl From<ErrorDetail> for ApiError {
             detail,
             retry_after: None,
         }
+    }
+}
+
+impl From<ProviderError> for ApiError {
+    fn from(e: ProviderError) -> Self {
+        ApiError {
+            detail: e.detail(),
+            retry_after: e.retry_after(),
+        }
+    }
+}
+
+impl From<actix::MailboxError> for ApiError {
+    fn from(e: actix::MailboxError) -> Self {
+        ProviderError::from(e).into()
     }
 }
 

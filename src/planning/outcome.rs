@@ -1,8 +1,6 @@
-//! How a container's end becomes a run result (`run.response`).
+//! How a container's end becomes a run state.
 
 use crate::contract::RunState;
-use serde::Serialize;
-use serde_json::Value;
 
 /// What is known when a container has ended.
 #[derive(Debug, Clone, Default)]
@@ -51,29 +49,4 @@ impl Ending {
             _ => "SIGNAL",
         })
     }
-}
-
-/// The `run.response` payload of a run that ran.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunResult {
-    pub run_id: String,
-    pub owner_account_id: String,
-    pub worker_id: String,
-    pub runner_name: String,
-    pub image: String,
-    pub args: Vec<String>,
-    pub exit_code: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
-    pub state: RunState,
-    pub stdout: String,
-    pub stderr: String,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    pub duration_ms: u64,
-    pub started_at: String,
-    pub finished_at: String,
-    pub runtime: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
 }

@@ -4,31 +4,13 @@
 //! runs.
 
 use crate::config::{Config, Profile, SandboxSettings};
+use crate::contract::run::valid_run_id;
+pub use crate::contract::RunRequest;
 use crate::contract::{ErrorDetail, ErrorType};
 use crate::planning::sandbox::{plan_sandbox, SandboxPlan, Secrets};
 use crate::runtime::{labels, ContainerSpec, MountSpec};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// A run request as the worker reads it (unknown fields are ignored: the
-/// bus contract is lenient).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RunRequest {
-    pub run_id: Option<String>,
-    pub owner_account_id: Option<String>,
-    pub profile: Option<String>,
-    pub image: Option<String>,
-    pub command: Option<Vec<String>>,
-    pub args: Option<Vec<String>>,
-    pub timeout_seconds: Option<i64>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub stdin: Option<String>,
-    #[serde(default)]
-    pub interactive: bool,
-    pub workdir: Option<String>,
-}
 
 /// What a worker knows that plans depend on.
 #[derive(Debug, Clone)]
@@ -75,32 +57,25 @@ fn check_env_name(name: &str) -> Result<(), ErrorDetail> {
 /// Plans a run for `owner` (the effective owner), or says why not.
 pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<RunPlan, ErrorDetail> {
     let config = &w.config;
+    req.spec.check()?;
     let run_id = match &req.run_id {
         Some(id) if !id.is_empty() => {
-            if id.len() > 128
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if !valid_run_id(id) {
                 return Err(bad(
                     "run_id may only use letters, digits, '_' and '-' (at most 128)",
                 ));
             }
             id.clone()
         }
-        _ => format!("run_{}", uuid::Uuid::now_v7().simple()),
+        _ => crate::contract::run::new_run_id(),
     };
-    let command: Vec<String> = req
-        .command
-        .clone()
-        .or_else(|| req.args.clone())
-        .unwrap_or_default();
+    let command = req.spec.words();
     let (profile_name, profile, image, sandbox): (
         Option<String>,
         Option<&Profile>,
         String,
         SandboxSettings,
-    ) = match (&req.profile, &req.image) {
+    ) = match (&req.spec.profile, &req.spec.image) {
         (Some(_), Some(_)) => return Err(bad("give profile or image, not both")),
         (None, None) => return Err(bad("profile or image is required")),
         (Some(name), None) => {
@@ -152,7 +127,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         command
     };
     let max = config.worker.max_timeout_seconds;
-    let timeout = match req.timeout_seconds {
+    let timeout = match req.spec.timeout_seconds {
         Some(t) if t < 0 => return Err(bad("timeout_seconds must not be negative")),
         Some(t) if t > 0 => (t as u64).min(max),
         _ => profile
@@ -162,7 +137,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
     };
     let mut env: Vec<(String, String)> = Vec::new();
     let mut mounts = Vec::new();
-    let mut workdir = req.workdir.clone();
+    let mut workdir = req.spec.workdir.clone();
     let mut secrets = Secrets::default();
     if let Some(p) = profile {
         env.extend(p.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -179,11 +154,8 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
             env.extend(w.codex_env.iter().cloned());
         }
     }
-    for (k, v) in &req.env {
+    for (k, v) in req.spec.env.iter().flatten() {
         check_env_name(k)?;
-        if v.contains('\0') {
-            return Err(bad(format!("env {k} contains a NUL byte")));
-        }
         env.retain(|(name, _)| name != k);
         env.push((k.clone(), v.clone()));
     }
@@ -221,7 +193,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         env,
         workdir,
         labels: container_labels,
-        stdin: req.interactive || req.stdin.is_some(),
+        stdin: req.spec.interactive() || req.spec.stdin.is_some(),
         limits: sandbox.limits(),
         hardening: sandbox.hardening(),
         network: sandbox.network(),
@@ -237,8 +209,8 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         image,
         args: command,
         timeout: Duration::from_secs(timeout),
-        stdin: req.stdin.clone(),
-        interactive: req.interactive,
+        stdin: req.spec.stdin.clone(),
+        interactive: req.spec.interactive(),
         spec,
         sandbox: egress,
         secrets,

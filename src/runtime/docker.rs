@@ -366,7 +366,11 @@ impl ContainerRuntime for DockerRuntime {
                 .await?
                 .create_container(options, body)
                 .await
-                .map_err(map_err)?;
+                .map_err(|e| match map_err(e) {
+                    // The only thing a create does not find is its image.
+                    RuntimeError::NotFound(m) => RuntimeError::ImageMissing(m),
+                    other => other,
+                })?;
             Ok(created.id)
         }
         .boxed_local()

@@ -211,7 +211,7 @@ impl ContainerRuntime for FakeRuntime {
     ) -> LocalBoxFuture<'static, Result<String, RuntimeError>> {
         let result = self.check().and_then(|_| {
             if !self.has_image(&spec.image) {
-                return Err(RuntimeError::NotFound(format!(
+                return Err(RuntimeError::ImageMissing(format!(
                     "No such image: {}",
                     spec.image
                 )));

@@ -43,21 +43,7 @@ pub mod labels {
     pub const DEADLINE: &str = "bus.deadline";
 }
 
-/// Which output stream a chunk came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputStream {
-    Stdout,
-    Stderr,
-}
-
-impl OutputStream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutputStream::Stdout => "stdout",
-            OutputStream::Stderr => "stderr",
-        }
-    }
-}
+pub use crate::contract::OutputStream;
 
 /// A chunk of a container's output.
 #[derive(Debug, Clone)]
@@ -130,6 +116,9 @@ pub struct ExecSpec {
 pub enum RuntimeError {
     #[error("not found: {0}")]
     NotFound(String),
+    /// A container's image is not on the engine.
+    #[error("image missing: {0}")]
+    ImageMissing(String),
     #[error("container engine unavailable: {0}")]
     Unavailable(String),
     #[error("container engine error: {0}")]

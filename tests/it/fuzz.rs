@@ -12,9 +12,9 @@ use bus_containers::auth::{issue_token, IssueRequest, Secrets, Verifier, AUDIENC
 use bus_containers::cli::busfile::words;
 use bus_containers::contract::{validate_name, Envelope, Publication};
 use bus_containers::egress::policy::{parse_host_port, Allow, Credential};
+use bus_containers::http::body::run_body;
 use bus_containers::parse::{format_duration, parse_duration};
 use bus_containers::planning::plan::{plan_run, RunRequest, WorkerSettings};
-use bus_containers::provider::body::{strict_object, CreateRun};
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -93,12 +93,19 @@ proptest! {
 
     #[test]
     fn run_bodies_validate_and_plan_without_panic(bytes in input("run-body")) {
-        if let Ok(body) = strict_object::<CreateRun>(&bytes) {
-            if body.validate().is_ok() {
-                let payload = body.payload("run_fuzz", "alice");
+        if let Ok(body) = run_body(&bytes) {
+            if body.spec.check().is_ok() {
+                let request = RunRequest {
+                    run_id: Some("run_fuzz".into()),
+                    owner_account_id: Some("alice".into()),
+                    spec: body.spec,
+                    deadline_at: None,
+                };
+                let payload = serde_json::to_value(&request).unwrap();
                 prop_assert_eq!(&payload["owner_account_id"], "alice");
                 prop_assert_eq!(&payload["run_id"], "run_fuzz");
-                let request: RunRequest = serde_json::from_value(payload).expect("a valid body makes a run request");
+                let again: RunRequest = serde_json::from_value(payload).expect("a valid body makes a run request");
+                prop_assert_eq!(&again, &request);
                 let _ = plan_run(&request, "alice", &settings());
             }
         }

@@ -6,11 +6,12 @@ use super::dispatcher::{Register, ReplyDispatcher, ReplyMetrics};
 use crate::actors::bus::subscription::Subscription;
 use crate::actors::bus::waiter::{CorrelationWaiter, Expect, Outcome};
 use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
+use crate::contract::{encode, WireRequest, WorkerReply};
 use crate::contract::{Envelope, ErrorDetail, ErrorType, Publication};
 use actix::prelude::*;
+use dashmap::DashMap;
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Who this process is on the bus. The memory broker trusts these stamps;
@@ -61,6 +62,11 @@ impl Request {
         self.expect = expect;
         self
     }
+
+    /// A typed request of `Q`'s kind on `prefix`.
+    pub fn of<Q: WireRequest>(prefix: &str, body: &Q, timeout: Duration) -> Self {
+        Request::new(&Q::KIND.request(prefix), encode(body), timeout)
+    }
 }
 
 /// `a.b.request` → `a.b.response`.
@@ -81,7 +87,9 @@ struct Inner {
     broker: SharedBroker,
     identity: BusIdentity,
     dispatcher: Addr<ReplyDispatcher>,
-    listening: Mutex<HashMap<String, Addr<Subscription>>>,
+    /// Reply names subscribed to (read on every request without a lock
+    /// worth the name: a sharded map).
+    listening: DashMap<String, Addr<Subscription>>,
     listen_lock: tokio::sync::Mutex<()>,
 }
 
@@ -93,7 +101,7 @@ impl Requester {
                 broker,
                 identity,
                 dispatcher: ReplyDispatcher::new(metrics).start(),
-                listening: Mutex::new(HashMap::new()),
+                listening: DashMap::new(),
                 listen_lock: tokio::sync::Mutex::new(()),
             }),
         }
@@ -109,14 +117,11 @@ impl Requester {
 
     /// Subscribes (broadcast) to a reply name, once.
     pub async fn listen(&self, reply_name: &str) -> Result<(), BrokerError> {
+        if self.inner.listening.contains_key(reply_name) {
+            return Ok(());
+        }
         let _one_at_a_time = self.inner.listen_lock.lock().await;
-        if self
-            .inner
-            .listening
-            .lock()
-            .expect("lock")
-            .contains_key(reply_name)
-        {
+        if self.inner.listening.contains_key(reply_name) {
             return Ok(());
         }
         let addr = Subscription::start(
@@ -126,11 +131,7 @@ impl Requester {
             self.inner.dispatcher.clone().recipient(),
         )
         .await?;
-        self.inner
-            .listening
-            .lock()
-            .expect("lock")
-            .insert(reply_name.to_owned(), addr);
+        self.inner.listening.insert(reply_name.to_owned(), addr);
         Ok(())
     }
 
@@ -173,4 +174,15 @@ impl Requester {
         rx.await
             .map_err(|_| ErrorDetail::new(ErrorType::Timeout, "the request's waiter went away"))
     }
+}
+
+/// The first reply of an outcome, decoded as `R`: `None` when none came,
+/// `Some(Err)` when it is malformed.
+pub fn first_reply<R: serde::de::DeserializeOwned>(
+    outcome: &Outcome,
+) -> Option<Result<WorkerReply<R>, String>> {
+    outcome
+        .replies
+        .first()
+        .map(|e| WorkerReply::decode(&e.payload))
 }

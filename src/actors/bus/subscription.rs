@@ -1,4 +1,6 @@
-//! `Subscription`: one broker stream feeding one recipient.
+//! `Subscription`: one broker stream feeding one recipient, each event
+//! decoded at the edge into the recipient's own message type (events
+//! that decode to nothing are skipped).
 //!
 //! When the stream ends (a memory subscriber cut off as too slow, an HTTP
 //! stream lost without listener retry) the actor subscribes again with a
@@ -20,28 +22,46 @@ pub struct Delivered(pub Arc<Event>);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Turns an event into the recipient's message (`None`: not for it).
+pub type Decode<M> = Box<dyn Fn(Arc<Event>) -> Option<M>>;
+
 /// The actor owning one subscription.
-pub struct Subscription {
+pub struct Subscription<M: Message<Result = ()> + Send + 'static = Delivered> {
     broker: SharedBroker,
     spec: SubscribeSpec,
-    target: Recipient<Delivered>,
+    decode: Decode<M>,
+    target: Recipient<M>,
     backoff: Duration,
     first: Option<oneshot::Sender<Result<(), BrokerError>>>,
 }
 
-impl Subscription {
-    /// Starts a subscription on the current arbiter and waits until its
-    /// first subscribe call has answered, so nothing published after this
-    /// returns can be missed.
+impl Subscription<Delivered> {
+    /// Starts a subscription that hands over events as they are (bus
+    /// plumbing: the reply dispatcher).
     pub async fn start(
         broker: SharedBroker,
         spec: SubscribeSpec,
         target: Recipient<Delivered>,
     ) -> Result<Addr<Subscription>, BrokerError> {
+        Subscription::start_decoded(broker, spec, Box::new(|e| Some(Delivered(e))), target).await
+    }
+}
+
+impl<M: Message<Result = ()> + Send + 'static> Subscription<M> {
+    /// Starts a subscription on the current arbiter and waits until its
+    /// first subscribe call has answered, so nothing published after this
+    /// returns can be missed.
+    pub async fn start_decoded(
+        broker: SharedBroker,
+        spec: SubscribeSpec,
+        decode: Decode<M>,
+        target: Recipient<M>,
+    ) -> Result<Addr<Subscription<M>>, BrokerError> {
         let (tx, rx) = oneshot::channel();
         let addr = Subscription {
             broker,
             spec,
+            decode,
             target,
             backoff: MIN_BACKOFF,
             first: Some(tx),
@@ -87,7 +107,7 @@ impl Subscription {
     }
 }
 
-impl Actor for Subscription {
+impl<M: Message<Result = ()> + Send + 'static> Actor for Subscription<M> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -95,16 +115,19 @@ impl Actor for Subscription {
     }
 }
 
-impl StreamHandler<Result<Arc<Event>, BrokerError>> for Subscription {
+impl<M: Message<Result = ()> + Send + 'static> StreamHandler<Result<Arc<Event>, BrokerError>>
+    for Subscription<M>
+{
     fn handle(&mut self, item: Result<Arc<Event>, BrokerError>, ctx: &mut Self::Context) {
         match item {
-            Ok(event) => match self.target.try_send(Delivered(event)) {
-                Ok(()) => {}
-                Err(SendError::Full(msg)) => {
+            Ok(event) => match (self.decode)(event).map(|m| self.target.try_send(m)) {
+                None => {}
+                Some(Ok(())) => {}
+                Some(Err(SendError::Full(msg))) => {
                     // Hold the stream until the recipient has room.
                     ctx.wait(self.target.send(msg).into_actor(self).map(|_, _, _| ()));
                 }
-                Err(SendError::Closed(_)) => ctx.stop(),
+                Some(Err(SendError::Closed(_))) => ctx.stop(),
             },
             Err(e) if e.is_fatal() => {
                 tracing::error!(event = %self.spec.name, error = %e, "subscription refused");
@@ -137,7 +160,7 @@ impl StreamHandler<Result<Arc<Event>, BrokerError>> for Subscription {
 #[rtype(result = "()")]
 pub struct Stop;
 
-impl Handler<Stop> for Subscription {
+impl<M: Message<Result = ()> + Send + 'static> Handler<Stop> for Subscription<M> {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
         ctx.stop();

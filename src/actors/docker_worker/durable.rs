@@ -10,13 +10,13 @@
 //! skew does not matter), so the two never both succeed.
 
 use super::DockerWorker;
-use crate::broker::{claim_key, Ack, BrokerError, Claim, ClaimRecord, Event, SharedBroker};
-use crate::contract::{error_payload, Kind, RUN_GRACE};
-use crate::contract::{now_rfc3339, ErrorDetail, ErrorType, Publication};
+use crate::actors::bus::Meta;
+use crate::actors::container_session::Cancel;
+use crate::broker::{claim_key, Ack, BrokerError, Claim, ClaimRecord, SharedBroker};
+use crate::contract::{run_deadline, ErrorType, Kind, Publication, Reply, RunRequest, RunResult};
 use crate::planning::plan::RunPlan;
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
-use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,20 +44,21 @@ pub(super) fn settle(what: &'static str, fut: LocalBoxFuture<'static, Result<(),
 }
 
 /// When the requester stops waiting: the router's `deadline_at`, else
-/// the run's timeout plus grace from when it was published.
-fn past_deadline(event: &Event, plan: &RunPlan) -> bool {
+/// the run's deadline from when it was published.
+fn past_deadline(meta: &Meta, request: &RunRequest, plan: &RunPlan) -> bool {
     let rfc = &time::format_description::well_known::Rfc3339;
     let now = time::OffsetDateTime::now_utc();
-    if let Some(at) = event
-        .payload
-        .get("deadline_at")
-        .and_then(Value::as_str)
+    if let Some(at) = request
+        .deadline_at
+        .as_deref()
         .and_then(|t| time::OffsetDateTime::parse(t, rfc).ok())
     {
         return now > at;
     }
-    match time::OffsetDateTime::parse(&event.time, rfc) {
-        Ok(published) => now - published > plan.timeout + RUN_GRACE,
+    match time::OffsetDateTime::parse(&meta.time, rfc) {
+        Ok(published) => {
+            now - published > run_deadline(Some(plan.timeout.as_secs() as i64), Duration::MAX)
+        }
         Err(_) => false,
     }
 }
@@ -110,20 +111,17 @@ impl DockerWorker {
     /// marked done first (compare-and-set; if another worker recorded the
     /// run lost meanwhile, this result is not sent), then the reply goes
     /// out, then the delivery is acknowledged.
-    pub(super) fn reply_then(
+    pub(super) fn reply_then<R: serde::Serialize>(
         &mut self,
         kind: Kind,
         correlation_id: Option<String>,
-        mut payload: Value,
+        reply: Reply<R>,
         task: Option<Task>,
         ctx: &mut Context<Self>,
     ) {
-        if let Some(obj) = payload.as_object_mut() {
-            // Every reply names its worker (the router's gather needs it);
-            // a `lost` reply names the run's worker.
-            obj.entry("worker_id")
-                .or_insert_with(|| json!(self.config.worker_id()));
-        }
+        // Every reply names its worker (the router's gather needs it); a
+        // `lost` result names the run's worker itself.
+        let payload = self.signed(reply);
         let run_id = task
             .as_ref()
             .and_then(|t| t.claim.as_ref())
@@ -171,9 +169,11 @@ impl DockerWorker {
 
     /// A durable run request that passed planning: claim it, then run it
     /// (or find out who has it).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn claim_run(
         &mut self,
-        event: &Event,
+        meta: &Meta,
+        request: &RunRequest,
         plan: RunPlan,
         owner: String,
         corr: Option<String>,
@@ -195,8 +195,8 @@ impl DockerWorker {
             run_id: plan.run_id.clone(),
             done: false,
         };
-        let late = past_deadline(event, &plan);
-        let payload = event.payload.clone();
+        let late = past_deadline(meta, request, &plan);
+        let request = request.clone();
         self.pending += 1;
         self.claiming.insert(key.clone());
         let claiming = self.publisher.broker().claim(&key, record.clone());
@@ -215,7 +215,7 @@ impl DockerWorker {
                 Ok(Claim::Held {
                     record: held,
                     revision,
-                }) => return act.on_claimed(key, held, revision, ack, &payload, owner, corr, ctx),
+                }) => return act.on_claimed(key, held, revision, ack, &request, owner, corr, ctx),
                 Err(e) => {
                     tracing::warn!(run_id = %plan.run_id, error = %e, "could not claim a durable run; it stays queued");
                     return settle(
@@ -233,13 +233,13 @@ impl DockerWorker {
                 }),
             };
             let refusal = if act.stopping {
-                Some(ErrorDetail::new(
+                Some(Reply::<RunResult>::error(
                     ErrorType::Unavailable,
                     "the worker is stopping",
                 ))
             } else if late {
                 tracing::warn!(run_id = %plan.run_id, "a queued run outlived its requester's deadline; not starting it");
-                Some(ErrorDetail::new(
+                Some(Reply::error(
                     ErrorType::Timeout,
                     "the run waited in the queue past its deadline and was not started",
                 ))
@@ -247,7 +247,7 @@ impl DockerWorker {
                 None
             };
             match refusal {
-                Some(e) => act.reply_then(Kind::Run, corr, error_payload(&e), Some(task), ctx),
+                Some(reply) => act.reply_then(Kind::Run, corr, reply, Some(task), ctx),
                 None => act.start_session(plan, owner, corr, Some(task), ctx),
             }
         }));
@@ -263,7 +263,7 @@ impl DockerWorker {
         held: ClaimRecord,
         revision: u64,
         ack: Arc<dyn Ack>,
-        payload: &Value,
+        request: &RunRequest,
         owner: String,
         corr: Option<String>,
         ctx: &mut Context<Self>,
@@ -284,33 +284,22 @@ impl DockerWorker {
         if !still {
             return settle("return a durable request", ack.retry_later(ack_wait / 2));
         }
-        let lost = ClaimRecord {
+        let marked = ClaimRecord {
             done: true,
             ..held.clone()
         };
-        let reply = json!({
-            "run_id": held.run_id,
-            "owner_account_id": owner,
-            "worker_id": held.holder,
-            "runner_name": self.config.runner_name,
-            "image": payload.get("image").or(payload.get("profile")).cloned().unwrap_or(json!("")),
-            "args": payload.get("args").or(payload.get("command")).cloned().unwrap_or(json!([])),
-            "exit_code": null,
-            "state": "lost",
-            "stdout": "",
-            "stderr": "",
-            "stdout_truncated": false,
-            "stderr_truncated": false,
-            "duration_ms": 0,
-            "started_at": null,
-            "finished_at": now_rfc3339(),
-            "runtime": {"provider": self.runtime().map(|r| r.provider()).unwrap_or("static")},
-            "reason": format!("worker {} stopped while the run was in flight; its outcome is unknown and it is not run again", held.holder),
-        });
+        let mut lost = RunResult::lost(request, &held.run_id, &owner, &held.holder);
+        lost.runner_name = self.config.runner_name.clone();
+        lost.runtime.provider = self
+            .runtime()
+            .map(|r| r.provider())
+            .unwrap_or("static")
+            .to_owned();
+        let reply = Reply::Ok(lost);
         let marking = self
             .publisher
             .broker()
-            .update_claim(&key, lost, Some(revision));
+            .update_claim(&key, marked, Some(revision));
         ctx.spawn(marking.into_actor(self).map(move |res, act, ctx| {
             act.suspects.remove(&key);
             match res {
@@ -366,7 +355,7 @@ impl DockerWorker {
                     Ok(None) => {
                         // Another worker recorded it lost: its answer is out.
                         tracing::warn!(run_id = %run_id, "this run was recorded lost by another worker; cancelling it");
-                        live.addr.do_send(super::Cancel);
+                        live.seat.cancel.do_send(Cancel);
                     }
                     Err(e) => tracing::warn!(run_id = %run_id, error = %e, "could not refresh a claim"),
                 }

@@ -5,31 +5,42 @@
 //!
 //! Runs go to one worker (unicast); `input`/`delete` are broadcast and
 //! answered by the worker named in `worker_id`; `status` and `runner.*` are
-//! gathered from every live worker (known from heartbeats) and merged. The
-//! router never leaves a requester hanging: every path ends in a reply, a
+//! gathered from every live worker (known from heartbeats, [`workers`])
+//! and merged ([`merge`]); one request's way is [`forward`]. The router
+//! never leaves a requester hanging: every path ends in a reply, a
 //! `timeout` error at the latest.
+//!
+//! Messages: every public request arrives decoded as
+//! `Incoming<Result<Q, String>>` for its [`WireRequest`] type `Q`; the
+//! backend's `run.started`/`run.output` as `Incoming<RunStarted>` and
+//! `Incoming<RunOutput>` (republished in order through a [`Relay`]);
+//! heartbeats go to the [`workers::WorkerRegistry`] seat.
 
-pub mod replies;
+pub mod forward;
+pub mod merge;
+pub mod workers;
 
 use crate::actors::bus::dispatcher::ReplyMetrics;
-use crate::actors::bus::requester::{BusIdentity, Request, Requester};
-use crate::actors::bus::subscription::{self, Delivered, Subscription};
-use crate::actors::bus::waiter::{Expect, Outcome};
+use crate::actors::bus::edge::{events, requests};
+use crate::actors::bus::relay::Relay;
+use crate::actors::bus::requester::{BusIdentity, Requester};
+use crate::actors::bus::subscription::{self, Subscription};
+use crate::actors::bus::Incoming;
 use crate::broker::{run_id_of_envelope, BrokerError, SharedBroker, SubscribeSpec};
-use crate::contract::owner::effective_owner;
+use crate::contract::replies::{DeleteRequest, InputRequest, StatusRequest};
+use crate::contract::wire::{RunnerDeleteRequest, RunnerStartRequest, RunnerStatusRequest};
 use crate::contract::{
-    error_payload, static_answers, Addressing, Kind, DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX,
-    ROUTER_GROUP, RUN_GRACE, WORKER_TTL,
+    encode, run_deadline, ErrorType, Kind, Publication, Reply, RunOutput, RunRequest, RunStarted,
+    WireRequest, WorkerHeartbeat, WorkerReply, DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX,
+    ROUTER_GROUP, WORKER_TTL,
 };
-use crate::contract::{ErrorDetail, ErrorType, Publication};
 use crate::metrics::Metrics;
 use actix::prelude::*;
+use forward::Forward;
+use merge::Gathered;
 use prometheus::IntCounter;
-use replies::Part;
-use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::time::Duration;
+use workers::{Live, WorkerRegistry};
 
 /// Where requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,27 +99,6 @@ impl RouterMetrics {
     }
 }
 
-struct Worker {
-    seen: Instant,
-    state: String,
-}
-
-/// The router actor.
-pub struct Router {
-    config: RouterConfig,
-    requester: Requester,
-    metrics: RouterMetrics,
-    workers: HashMap<String, Worker>,
-    started: Instant,
-    known_workers: watch::Sender<usize>,
-    /// Backend runs are a durable work queue: forwarded even while no
-    /// worker is up (one will take them).
-    durable_runs: bool,
-    subscriptions: Vec<Addr<Subscription>>,
-    /// `run.started`/`run.output` to republish, in arrival order.
-    relay: tokio::sync::mpsc::Sender<Publication>,
-}
-
 /// Stops the router and its subscriptions; in-flight forwards are dropped
 /// (their requesters time out).
 #[derive(Message)]
@@ -120,17 +110,129 @@ pub struct Shutdown;
 #[rtype(result = "Vec<String>")]
 pub struct LiveWorkers;
 
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Subscribed(Vec<Recipient<subscription::Stop>>);
+
+/// The router actor.
+pub struct Router {
+    config: RouterConfig,
+    requester: Requester,
+    metrics: RouterMetrics,
+    /// Who is alive (a [`WorkerRegistry`], or a mock in a test).
+    registry: Recipient<Live>,
+    /// Backend runs are a durable work queue: forwarded even while no
+    /// worker is up (one will take them).
+    durable_runs: bool,
+    subscriptions: Vec<Recipient<subscription::Stop>>,
+    /// `run.started`/`run.output` to republish, in arrival order.
+    relay: Relay,
+}
+
+fn unsigned<R>(reply: Reply<R>) -> WorkerReply<R> {
+    WorkerReply {
+        worker_id: None,
+        reply,
+    }
+}
+
+/// What the router does with a kind beyond forwarding it.
+pub trait Routed: Gathered {
+    /// How long the router waits for the reply.
+    fn deadline(&self, config: &RouterConfig) -> Duration {
+        config.default_timeout
+    }
+    /// Prepares a request that waits in a durable queue.
+    fn queue(&mut self, _envelope_id: &str, _until: time::OffsetDateTime) {}
+}
+
+impl Routed for RunRequest {
+    fn deadline(&self, config: &RouterConfig) -> Duration {
+        run_deadline(self.spec.timeout_seconds, config.request_timeout)
+    }
+
+    /// Every copy of this run (a redelivery, another router's forward)
+    /// names the same run, so a worker's claim covers them all; and a
+    /// worker does not start it once its requester has stopped waiting.
+    fn queue(&mut self, envelope_id: &str, until: time::OffsetDateTime) {
+        if self.run_id.as_deref().is_none_or(str::is_empty) {
+            self.run_id = Some(run_id_of_envelope(envelope_id));
+        }
+        if let Ok(at) = until.format(&time::format_description::well_known::Rfc3339) {
+            self.deadline_at = Some(at);
+        }
+    }
+}
+
+impl Routed for InputRequest {}
+impl Routed for DeleteRequest {}
+impl Routed for StatusRequest {}
+impl Routed for RunnerStatusRequest {}
+impl Routed for RunnerStartRequest {}
+impl Routed for RunnerDeleteRequest {}
+
+/// Subscribes `target` to the requests of `Q` on `prefix`.
+async fn subscribe_requests<Q, A>(
+    broker: &SharedBroker,
+    spec: SubscribeSpec,
+    target: &Addr<A>,
+) -> Result<Recipient<subscription::Stop>, BrokerError>
+where
+    Q: WireRequest,
+    A: Actor<Context = Context<A>> + Handler<Incoming<Result<Q, String>>>,
+{
+    let sub = Subscription::start_decoded(
+        broker.clone(),
+        spec,
+        requests::<Q>(),
+        target.clone().recipient(),
+    )
+    .await?;
+    Ok(sub.recipient())
+}
+
 impl Router {
-    /// Starts a router on the current arbiter and subscribes it; returns
-    /// once every subscription is in place.
+    /// Starts a router on the current arbiter, with its own worker
+    /// registry, and subscribes it; returns once every subscription is in
+    /// place.
     pub async fn start(
         broker: SharedBroker,
         identity: BusIdentity,
         config: RouterConfig,
         metrics: RouterMetrics,
     ) -> Result<Addr<Router>, BrokerError> {
+        let registry = WorkerRegistry::new(config.worker_ttl, config.discovery_wait).start();
+        let router = Router::start_with(
+            broker.clone(),
+            identity,
+            config.clone(),
+            metrics,
+            registry.clone().recipient(),
+        )
+        .await?;
+        if let RouterBackend::Events { prefix } = &config.backend {
+            let beats = Subscription::start_decoded(
+                broker,
+                SubscribeSpec::broadcast(format!("{prefix}.worker.heartbeat")).consumer("router"),
+                events::<WorkerHeartbeat>(),
+                registry.recipient(),
+            )
+            .await?;
+            router.do_send(Subscribed(vec![beats.recipient()]));
+        }
+        Ok(router)
+    }
+
+    /// Starts a router whose knowledge of live workers comes from
+    /// `registry` (a test seats a mock here).
+    pub async fn start_with(
+        broker: SharedBroker,
+        identity: BusIdentity,
+        config: RouterConfig,
+        metrics: RouterMetrics,
+        registry: Recipient<Live>,
+    ) -> Result<Addr<Router>, BrokerError> {
         let requester = Requester::new(broker.clone(), identity, metrics.replies.clone());
-        let (relay, mut relayed) = tokio::sync::mpsc::channel::<Publication>(4096);
         let durable_runs = match &config.backend {
             RouterBackend::Events { prefix } => {
                 broker.durable(&Kind::Run.request(prefix)).is_some()
@@ -142,342 +244,80 @@ impl Router {
             config: config.clone(),
             requester: requester.clone(),
             metrics,
-            workers: HashMap::new(),
-            started: Instant::now(),
-            known_workers: watch::channel(0).0,
+            registry,
             subscriptions: Vec::new(),
-            relay,
+            relay: Relay::start(requester.clone(), 4096),
         }
         .start();
-        let relay_requester = requester.clone();
-        actix_rt::spawn(async move {
-            // One publish at a time keeps each run's output in order.
-            while let Some(publication) = relayed.recv().await {
-                let name = publication.name.clone();
-                if let Err(e) = relay_requester.publish(publication).await {
-                    tracing::warn!(event = %name, error = %e, "could not forward");
-                }
-            }
-        });
-        let target = router.clone().recipient::<Delivered>();
-        let mut specs: Vec<SubscribeSpec> = Kind::ALL
-            .iter()
-            .map(|k| {
-                SubscribeSpec::unicast(k.request(PUBLIC_PREFIX), ROUTER_GROUP).consumer("router")
-            })
-            .collect();
+        let public = |k: Kind| {
+            SubscribeSpec::unicast(k.request(PUBLIC_PREFIX), ROUTER_GROUP).consumer("router")
+        };
+        let mut subs = vec![
+            subscribe_requests::<RunRequest, _>(&broker, public(Kind::Run), &router).await?,
+            subscribe_requests::<InputRequest, _>(&broker, public(Kind::Input), &router).await?,
+            subscribe_requests::<DeleteRequest, _>(&broker, public(Kind::Delete), &router).await?,
+            subscribe_requests::<StatusRequest, _>(&broker, public(Kind::Status), &router).await?,
+            subscribe_requests::<RunnerStatusRequest, _>(
+                &broker,
+                public(Kind::RunnerStatus),
+                &router,
+            )
+            .await?,
+            subscribe_requests::<RunnerStartRequest, _>(
+                &broker,
+                public(Kind::RunnerStart),
+                &router,
+            )
+            .await?,
+            subscribe_requests::<RunnerDeleteRequest, _>(
+                &broker,
+                public(Kind::RunnerDelete),
+                &router,
+            )
+            .await?,
+        ];
         if let RouterBackend::Events { prefix } = &config.backend {
-            for event in ["run.started", "run.output"] {
-                specs.push(
-                    SubscribeSpec::unicast(format!("{prefix}.{event}"), ROUTER_GROUP)
-                        .consumer("router"),
-                );
-            }
-            specs.push(
-                SubscribeSpec::broadcast(format!("{prefix}.worker.heartbeat")).consumer("router"),
-            );
+            let event = |name: &str| {
+                SubscribeSpec::unicast(format!("{prefix}.{name}"), ROUTER_GROUP).consumer("router")
+            };
+            let started = Subscription::start_decoded(
+                broker.clone(),
+                event("run.started"),
+                events::<RunStarted>(),
+                router.clone().recipient(),
+            )
+            .await?;
+            let output = Subscription::start_decoded(
+                broker.clone(),
+                event("run.output"),
+                events::<RunOutput>(),
+                router.clone().recipient(),
+            )
+            .await?;
+            subs.push(started.recipient());
+            subs.push(output.recipient());
             for k in Kind::ALL {
                 requester.listen(&k.response(prefix)).await?;
             }
-        }
-        let mut subs = Vec::new();
-        for spec in specs {
-            subs.push(Subscription::start(broker.clone(), spec, target.clone()).await?);
         }
         router.do_send(Subscribed(subs));
         Ok(router)
     }
 
-    fn live(&mut self) -> BTreeSet<String> {
-        let ttl = self.config.worker_ttl;
-        self.workers
-            .retain(|_, w| w.seen.elapsed() < ttl && w.state != "stopped");
-        self.workers.keys().cloned().collect()
-    }
-
-    fn on_heartbeat(&mut self, payload: &Value) {
-        let Some(id) = payload
-            .get("worker_id")
-            .and_then(Value::as_str)
-            .filter(|w| !w.is_empty())
-        else {
-            return;
-        };
-        let state = payload
-            .get("state")
-            .and_then(Value::as_str)
-            .unwrap_or("ready")
-            .to_owned();
-        if !self.workers.contains_key(id) {
-            tracing::info!(worker_id = id, state = %state, "worker joined");
-        }
-        self.workers.insert(
-            id.to_owned(),
-            Worker {
-                seen: Instant::now(),
-                state,
-            },
-        );
-        let live = self.live().len();
-        self.known_workers.send_replace(live);
-    }
-
-    fn deadline(&self, kind: Kind, payload: &Value) -> Duration {
-        if kind != Kind::Run {
-            return self.config.default_timeout;
-        }
-        match payload.get("timeout_seconds").and_then(Value::as_u64) {
-            Some(secs) if secs > 0 => {
-                (Duration::from_secs(secs) + RUN_GRACE).min(self.config.request_timeout)
-            }
-            _ => self.config.request_timeout,
-        }
-    }
-
-    fn on_request(&mut self, kind: Kind, event: &crate::broker::Event, ctx: &mut Context<Self>) {
-        self.metrics.requests.inc();
-        if let Some(ack) = event.ack() {
-            // Taken: a router forwards a request at most once, so a router
-            // that dies now loses it (its requester records it lost)
-            // rather than a second router running it twice.
-            let done = ack.done();
-            actix_rt::spawn(async move {
-                if let Err(e) = done.await {
-                    tracing::warn!(error = %e, "could not acknowledge a durable request");
-                }
-            });
-        }
-        let Some(correlation_id) = event.correlation_id.clone() else {
-            tracing::warn!(event = %event.name, from = %event.identity_id, "request without a correlation id dropped: nobody could match a reply");
-            return;
-        };
-        let requester = self.requester.clone();
-        let reply_to = kind.response(PUBLIC_PREFIX);
-        let answer = move |payload: Value| {
-            let requester = requester.clone();
-            let publication = Publication::new(reply_to.clone(), payload)
-                .with_correlation(correlation_id.clone());
-            async move {
-                if let Err(e) = requester.publish(publication).await {
-                    tracing::error!(error = %e, "could not publish a reply");
-                }
-            }
-        };
-        let owner = match effective_owner(event, kind) {
-            Ok(owner) => owner,
-            Err(e) => {
-                ctx.spawn(answer(error_payload(&e)).into_actor(self));
-                return;
-            }
-        };
-        let prefix = match &self.config.backend {
-            RouterBackend::Static => {
-                let reply = static_answers::answer(kind, &event.payload, &owner, "static");
-                ctx.spawn(answer(reply).into_actor(self));
-                return;
-            }
-            RouterBackend::Events { prefix } => prefix.clone(),
-        };
-        let mut payload = event.payload.clone();
-        if !kind.is_runner() {
-            if let Some(obj) = payload.as_object_mut() {
-                obj.insert("owner_account_id".into(), json!(owner));
-            }
-        }
-        let deadline = self.deadline(kind, &payload);
-        if kind == Kind::Run && self.durable_runs {
-            if let Some(obj) = payload.as_object_mut() {
-                // Every copy of this run (a redelivery, another router's
-                // forward) names the same run, so a worker's claim covers
-                // them all; and a worker does not start it once its
-                // requester has stopped waiting.
-                let named = obj
-                    .get("run_id")
-                    .and_then(Value::as_str)
-                    .is_some_and(|r| !r.is_empty());
-                if !named {
-                    obj.insert("run_id".into(), json!(run_id_of_envelope(&event.id)));
-                }
-                let until = time::OffsetDateTime::now_utc() + deadline;
-                if let Ok(at) = until.format(&time::format_description::well_known::Rfc3339) {
-                    obj.insert("deadline_at".into(), json!(at));
-                }
-            }
-        }
-        let forward = Forward {
-            requester: self.requester.clone(),
-            metrics: self.metrics.clone(),
-            prefix,
-            kind,
-            deadline,
-            payload,
-            owner,
-            live: self.live(),
-            durable: kind == Kind::Run && self.durable_runs,
-            discovery: self
-                .config
-                .discovery_wait
-                .checked_sub(self.started.elapsed())
-                .map(|left| (left, self.known_workers.subscribe())),
-        };
-        ctx.spawn(
-            async move {
-                let reply = forward.run().await;
-                answer(reply).await;
-            }
-            .into_actor(self),
-        );
-    }
-}
-
-/// One request on its way to the backend.
-struct Forward {
-    requester: Requester,
-    metrics: RouterMetrics,
-    prefix: String,
-    kind: Kind,
-    deadline: Duration,
-    payload: Value,
-    owner: String,
-    live: BTreeSet<String>,
-    /// A durable run: it waits in the work queue for a worker.
-    durable: bool,
-    /// Time left to wait for a first worker, and the worker count to watch.
-    discovery: Option<(Duration, watch::Receiver<usize>)>,
-}
-
-fn err(kind: ErrorType, message: impl Into<String>) -> Value {
-    error_payload(&ErrorDetail::new(kind, message))
-}
-
-impl Forward {
-    async fn run(mut self) -> Value {
-        let mut any_worker = !self.live.is_empty() || self.durable;
-        if !any_worker {
-            if let Some((left, mut known)) = self.discovery.take() {
-                // Just started: give workers one heartbeat to make themselves known.
-                let _ = actix_rt::time::timeout(left, known.wait_for(|n| *n > 0)).await;
-                any_worker = *known.borrow() > 0;
-            }
-        }
-        let name = self.kind.request(&self.prefix);
-        let provider = self
-            .prefix
-            .rsplit('.')
-            .next()
-            .unwrap_or("docker")
-            .to_owned();
-        match self.kind.addressing() {
-            Addressing::One => {
-                if !any_worker {
-                    // Nobody would take it: a run on this bus is not queued
-                    // (on NATS with JetStream, it is: see `durable`).
-                    return err(
-                        ErrorType::Unavailable,
-                        format!(
-                            "no live worker on {} (no heartbeat for {}s)",
-                            self.prefix,
-                            WORKER_TTL.as_secs()
-                        ),
-                    );
-                }
-                let request = Request::new(&name, self.payload.clone(), self.deadline);
-                match self.requester.request(request).await {
-                    Err(e) => error_payload(&e),
-                    Ok(out) => self.single(out, ErrorType::Timeout),
-                }
-            }
-            Addressing::Targeted => {
-                let worker = self
-                    .payload
-                    .get("worker_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let expect = match &worker {
-                    Some(w) if !w.is_empty() => Expect::FromWorker(w.clone()),
-                    _ => Expect::First,
-                };
-                if let Expect::FromWorker(w) = &expect {
-                    if !self.live.contains(w) {
-                        let run = self
-                            .payload
-                            .get("run_id")
-                            .and_then(Value::as_str)
-                            .unwrap_or("?");
-                        return err(
-                            ErrorType::NotFound,
-                            format!("run {run}: its worker {w} is not alive"),
-                        );
-                    }
-                }
-                let request =
-                    Request::new(&name, self.payload.clone(), self.deadline).expect(expect);
-                match self.requester.request(request).await {
-                    Err(e) => error_payload(&e),
-                    Ok(out) => self.single(out, ErrorType::NotFound),
-                }
-            }
-            Addressing::Gathered => {
-                let request = Request::new(&name, self.payload.clone(), self.deadline)
-                    .expect(Expect::Gather(self.live.clone()));
-                let out = match self.requester.request(request).await {
-                    Err(e) => return error_payload(&e),
-                    Ok(out) => out,
-                };
-                let mut parts = Vec::new();
-                let mut malformed = Vec::new();
-                for reply in &out.replies {
-                    let worker_id = reply
-                        .payload
-                        .get("worker_id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned();
-                    match replies::validate(self.kind, &reply.payload, &self.owner) {
-                        Ok(()) => parts.push(Part {
-                            worker_id,
-                            payload: reply.payload.clone(),
-                        }),
-                        Err(why) => {
-                            self.metrics.malformed.inc();
-                            tracing::warn!(worker_id = %worker_id, kind = self.kind.segment(), reason = %why, "malformed gathered reply skipped");
-                            malformed.push(why);
-                        }
-                    }
-                }
-                if parts.is_empty() && !malformed.is_empty() {
-                    return err(ErrorType::MalformedResponse, malformed.join("; "));
-                }
-                replies::merge(self.kind, &parts, &out.missing, &provider)
-            }
-        }
-    }
-
-    /// The reply of a one-answer request, checked.
-    fn single(&self, out: Outcome, on_timeout: ErrorType) -> Value {
-        let Some(reply) = out.replies.into_iter().next() else {
-            let what = match on_timeout {
-                ErrorType::NotFound => "the run's worker did not answer",
-                _ => "the backend did not answer",
-            };
-            return err(
-                on_timeout,
-                format!(
-                    "{what} within {}",
-                    crate::parse::format_duration(self.deadline)
-                ),
-            );
-        };
-        match replies::validate(self.kind, &reply.payload, &self.owner) {
-            Ok(()) => reply.payload.clone(),
-            Err(why) => {
-                self.metrics.malformed.inc();
-                tracing::warn!(kind = self.kind.segment(), reason = %why, "malformed backend reply");
-                err(
-                    ErrorType::MalformedResponse,
-                    format!("malformed backend reply: {why}"),
-                )
-            }
+    /// Republishes a backend run event under the public name, in order.
+    fn relay<T: serde::Serialize>(
+        &mut self,
+        name: &str,
+        msg: Incoming<T>,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut publication =
+            Publication::new(format!("{PUBLIC_PREFIX}.{name}"), encode(&msg.body));
+        publication.correlation_id = msg.meta.correlation_id;
+        if let Err(publication) = self.relay.try_send(publication) {
+            // Hold further deliveries until the relay has room.
+            let relay = self.relay.clone();
+            ctx.wait(async move { relay.send(publication).await }.into_actor(self));
         }
     }
 }
@@ -496,9 +336,117 @@ impl Actor for Router {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Subscribed(Vec<Addr<Subscription>>);
+impl<Q: Routed> Handler<Incoming<Result<Q, String>>> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming<Result<Q, String>>, ctx: &mut Self::Context) {
+        self.metrics.requests.inc();
+        if let Some(ack) = &msg.meta.ack {
+            // Taken: a router forwards a request at most once, so a router
+            // that dies now loses it (its requester records it lost)
+            // rather than a second router running it twice.
+            let done = ack.done();
+            actix_rt::spawn(async move {
+                if let Err(e) = done.await {
+                    tracing::warn!(error = %e, "could not acknowledge a durable request");
+                }
+            });
+        }
+        let Some(correlation_id) = msg.meta.correlation_id.clone() else {
+            tracing::warn!(event = %msg.meta.name, from = %msg.meta.identity_id, "request without a correlation id dropped: nobody could match a reply");
+            return;
+        };
+        let requester = self.requester.clone();
+        let answer = move |reply: WorkerReply<Q::Reply>| {
+            let publication = Publication::new(Q::KIND.response(PUBLIC_PREFIX), reply.to_payload())
+                .with_correlation(correlation_id);
+            async move {
+                if let Err(e) = requester.publish(publication).await {
+                    tracing::error!(error = %e, "could not publish a reply");
+                }
+            }
+        };
+        let owner = msg.owner();
+        let mut body = match msg.body {
+            Ok(body) => body,
+            Err(why) => {
+                let reply = Reply::error(
+                    ErrorType::BadRequest,
+                    format!("invalid {} request: {why}", Q::KIND.segment()),
+                );
+                ctx.spawn(answer(unsigned(reply)).into_actor(self));
+                return;
+            }
+        };
+        let owner = match owner {
+            Ok(owner) => owner,
+            Err(e) => {
+                ctx.spawn(answer(unsigned(Reply::Err(e))).into_actor(self));
+                return;
+            }
+        };
+        let prefix = match &self.config.backend {
+            RouterBackend::Static => {
+                let reply = WorkerReply {
+                    worker_id: Some("static".into()),
+                    reply: body.static_answer(&owner, "static"),
+                };
+                ctx.spawn(answer(reply).into_actor(self));
+                return;
+            }
+            RouterBackend::Events { prefix } => prefix.clone(),
+        };
+        if !Q::KIND.is_runner() {
+            body.set_owner(&owner);
+        }
+        let deadline = body.deadline(&self.config);
+        let durable = Q::KIND == Kind::Run && self.durable_runs;
+        if durable {
+            body.queue(&msg.meta.id, time::OffsetDateTime::now_utc() + deadline);
+        }
+        let (requester, malformed) = (self.requester.clone(), self.metrics.malformed.clone());
+        let registry = self.registry.clone();
+        ctx.spawn(
+            async move {
+                let reply = match registry.send(Live).await {
+                    Ok(live) => {
+                        let forward = Forward {
+                            requester,
+                            malformed,
+                            prefix,
+                            body,
+                            owner,
+                            deadline,
+                            live,
+                            durable,
+                        };
+                        forward.run().await
+                    }
+                    Err(_) => unsigned(Reply::error(
+                        ErrorType::Unavailable,
+                        "the router is stopping",
+                    )),
+                };
+                answer(reply).await;
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<Incoming<RunStarted>> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Incoming<RunStarted>, ctx: &mut Self::Context) {
+        self.relay("run.started", msg, ctx);
+    }
+}
+
+impl Handler<Incoming<RunOutput>> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Incoming<RunOutput>, ctx: &mut Self::Context) {
+        self.relay("run.output", msg, ctx);
+    }
+}
 
 impl Handler<Subscribed> for Router {
     type Result = ();
@@ -515,49 +463,15 @@ impl Handler<Shutdown> for Router {
 }
 
 impl Handler<LiveWorkers> for Router {
-    type Result = MessageResult<LiveWorkers>;
+    type Result = ResponseFuture<Vec<String>>;
     fn handle(&mut self, _: LiveWorkers, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.live().into_iter().collect())
-    }
-}
-
-impl Handler<Delivered> for Router {
-    type Result = ();
-
-    fn handle(&mut self, Delivered(event): Delivered, ctx: &mut Self::Context) {
-        if let Some(kind) = Kind::of_request(PUBLIC_PREFIX, &event.name) {
-            return self.on_request(kind, &event, ctx);
-        }
-        let RouterBackend::Events { prefix } = &self.config.backend else {
-            return;
-        };
-        let Some(rest) = event
-            .name
-            .strip_prefix(prefix.as_str())
-            .and_then(|r| r.strip_prefix('.'))
-        else {
-            return;
-        };
-        match rest {
-            "worker.heartbeat" => self.on_heartbeat(&event.payload),
-            "run.started" | "run.output" => {
-                let mut publication =
-                    Publication::new(format!("{PUBLIC_PREFIX}.{rest}"), event.payload.clone());
-                publication.correlation_id = event.correlation_id.clone();
-                if let Err(tokio::sync::mpsc::error::TrySendError::Full(publication)) =
-                    self.relay.try_send(publication)
-                {
-                    // Hold further deliveries until the relay has room.
-                    let relay = self.relay.clone();
-                    ctx.wait(
-                        async move {
-                            let _ = relay.send(publication).await;
-                        }
-                        .into_actor(self),
-                    );
-                }
-            }
-            _ => {}
-        }
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            registry
+                .send(Live)
+                .await
+                .map(|l| l.live.into_iter().collect())
+                .unwrap_or_default()
+        })
     }
 }

@@ -2,13 +2,16 @@
 //! with the static provider's reply and announces itself by heartbeat, so
 //! a measurement sees only the bus and the router.
 
+use crate::actors::bus::edge::requests;
 use crate::actors::bus::requester::BusIdentity;
-use crate::actors::bus::subscription::{Delivered, Subscription};
+use crate::actors::bus::subscription::Subscription;
+use crate::actors::bus::Incoming;
 use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
-use crate::contract::Publication;
-use crate::contract::{static_answers, Kind, WORKER_GROUP};
+use crate::contract::{
+    encode, Kind, Publication, RunRequest, RunnerState, WireRequest, WorkerHeartbeat, WorkerReply,
+    WORKER_GROUP,
+};
 use actix::prelude::*;
-use serde_json::json;
 use std::time::Duration;
 
 pub struct Responder {
@@ -26,12 +29,24 @@ impl Responder {
         }
         .start();
         let spec = SubscribeSpec::unicast(Kind::Run.request(prefix), WORKER_GROUP);
-        Subscription::start(broker, spec, addr.clone().recipient()).await?;
+        Subscription::start_decoded(
+            broker,
+            spec,
+            requests::<RunRequest>(),
+            addr.clone().recipient(),
+        )
+        .await?;
         Ok(addr)
     }
 
     fn heartbeat(&self) {
-        let payload = json!({"worker_id": "bench", "provider": "static", "state": "ready", "runs": 0, "capacity": 1000});
+        let payload = encode(&WorkerHeartbeat {
+            worker_id: "bench".into(),
+            provider: "static".into(),
+            state: RunnerState::Ready,
+            runs: 0,
+            capacity: 1000,
+        });
         let env = self.me.envelope(Publication::new(
             format!("{}.worker.heartbeat", self.prefix),
             payload,
@@ -53,17 +68,22 @@ impl Actor for Responder {
     }
 }
 
-impl Handler<Delivered> for Responder {
+impl Handler<Incoming<Result<RunRequest, String>>> for Responder {
     type Result = ();
 
-    fn handle(&mut self, Delivered(event): Delivered, ctx: &mut Self::Context) {
-        let owner = event.payload["owner_account_id"].as_str().unwrap_or("");
-        let reply = static_answers::answer(Kind::Run, &event.payload, owner, "bench");
-        let mut publication = Publication::new(Kind::Run.response(&self.prefix), reply);
-        publication.correlation_id = event.correlation_id.clone();
+    fn handle(&mut self, msg: Incoming<Result<RunRequest, String>>, ctx: &mut Self::Context) {
+        let Ok(request) = &msg.body else { return };
+        let owner = request.owner().unwrap_or("");
+        let reply = WorkerReply {
+            worker_id: Some("bench".into()),
+            reply: request.static_answer(owner, "bench"),
+        };
+        let mut publication =
+            Publication::new(Kind::Run.response(&self.prefix), reply.to_payload());
+        publication.correlation_id = msg.meta.correlation_id.clone();
         let env = self.me.envelope(publication);
         let broker = self.broker.clone();
-        let ack = event.ack().map(|a| a.done());
+        let ack = msg.meta.ack.as_ref().map(|a| a.done());
         ctx.spawn(
             async move {
                 let _ = broker.publish(env).await;

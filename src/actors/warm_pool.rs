@@ -7,7 +7,8 @@
 //! id, so the orphan reaper leaves it alone while this process lives.
 //! One idle longer than `pool_max_idle_seconds` is replaced.
 
-use crate::planning::plan::{plan_run, RunRequest, WorkerSettings};
+use crate::contract::{RunRequest, RunSpec};
+use crate::planning::plan::{plan_run, WorkerSettings};
 use crate::runtime::{labels, ContainerSpec, SharedRuntime};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -112,8 +113,11 @@ impl WarmPool {
     /// The container a cold run of `profile` would get, idling instead.
     fn spec(&self, profile: &str) -> Option<ContainerSpec> {
         let request = RunRequest {
-            profile: Some(profile.to_owned()),
-            command: Some(IDLE_COMMAND.iter().map(|s| s.to_string()).collect()),
+            spec: RunSpec {
+                profile: Some(profile.to_owned()),
+                command: Some(IDLE_COMMAND.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let plan = match plan_run(&request, "", &self.settings) {

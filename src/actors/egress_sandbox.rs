@@ -12,9 +12,11 @@
 //! answer the summary for `details.egress`. Whatever happened, the
 //! sidecar and the network are removed when the actor stops.
 
+use crate::contract::run::EgressReport;
+use crate::contract::OutputStream;
 use crate::egress::decision::Summary;
 use crate::planning::sandbox::SandboxPlan;
-use crate::runtime::{Chunk, OutputStream, RuntimeError, SharedRuntime};
+use crate::runtime::{Chunk, RuntimeError, SharedRuntime};
 use actix::prelude::*;
 use futures::stream::LocalBoxStream;
 use futures::StreamExt;
@@ -47,7 +49,7 @@ pub struct Prepare;
 
 /// Remove everything; answers `details.egress`.
 #[derive(Message)]
-#[rtype(result = "Value")]
+#[rtype(result = "EgressReport")]
 pub struct Teardown;
 
 /// The actor owning one run's sandbox.
@@ -112,7 +114,7 @@ impl Sandbox {
 
 fn image_hint(e: RuntimeError, image: &str) -> RuntimeError {
     match e {
-        RuntimeError::NotFound(m) if m.to_lowercase().contains("image") => RuntimeError::Engine(format!(
+        RuntimeError::ImageMissing(m) => RuntimeError::Engine(format!(
             "the egress proxy image {image} is not present on this worker (build it with scripts/build-egress-image): {m}"
         )),
         other => other,
@@ -310,7 +312,7 @@ impl Handler<Prepare> for Sandbox {
 }
 
 impl Handler<Teardown> for Sandbox {
-    type Result = ResponseActFuture<Self, Value>;
+    type Result = ResponseActFuture<Self, EgressReport>;
 
     fn handle(&mut self, _: Teardown, _: &mut Self::Context) -> Self::Result {
         let runtime = self.runtime.clone();
@@ -337,11 +339,9 @@ impl Handler<Teardown> for Sandbox {
                 remove_all(act.runtime.clone(), sidecar, network, act.run_id.clone()).into_actor(act)
             })
             .map(|_, act, ctx| {
-                let mut summary = act.summary.to_json(&act.plan.allowlist);
-                if act.exited_early {
-                    // Egress stopped working part way through the run.
-                    summary["proxy_exited_early"] = Value::Bool(true);
-                }
+                let mut summary = act.summary.report(&act.plan.allowlist);
+                // Egress stopped working part way through the run.
+                summary.proxy_exited_early = act.exited_early;
                 if act.summary.denied() > 0 {
                     tracing::info!(run_id = %act.run_id, denied = act.summary.denied(), "the run's egress proxy refused destinations");
                 }

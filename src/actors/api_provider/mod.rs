@@ -1,0 +1,131 @@
+//! `ApiProvider`: the actor behind the containers REST API (the HTTP
+//! facade's actor). HTTP handlers authenticate, parse and send it one of
+//! the [`messages`]; it owns everything else:
+//!
+//! - validation of run requests, ownership of runs (a run of another
+//!   account is 403, an unknown one 404);
+//! - the run table: each run in flight here, its worker (from
+//!   `run.started`), its output so far (from `run.output`, kept up to the
+//!   cap per stream), who waits for it and who follows its log, and how
+//!   many each account has (the concurrent-run limit) — [`logs`];
+//! - the ledger writes, in order: `running` before the request is
+//!   published, the end after — and the usage and billing order around
+//!   them ([`create`], [`usage`], [`billing`]);
+//! - deadlines: a run's reply deadline (`contract::run_deadline`), after
+//!   which it is cancelled on its worker and recorded `lost`;
+//! - the other endpoints: [`runs`] (read, list, delete, input, wait) and
+//!   [`status`] (status and the runner).
+//!
+//! Requests go to the [`backend::Backend`] seat (the bus, the static
+//! provider, or a mock); failures are one [`error::ProviderError`].
+//! Everything a request needs runs on this actor's arbiter.
+
+pub mod backend;
+pub mod billing;
+mod create;
+pub mod error;
+pub mod logs;
+pub mod messages;
+mod runs;
+mod status;
+pub mod usage;
+
+use crate::metrics::Metrics;
+use crate::store::SharedStore;
+use actix::prelude::*;
+use backend::Backend;
+use billing::Billing;
+use logs::LiveRun;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use std::collections::HashMap;
+use std::time::Duration;
+use usage::Usage;
+
+pub use error::ProviderError;
+
+/// Settings of a provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub instance_id: String,
+    /// Cap of a run's deadline.
+    pub request_timeout: Duration,
+    /// Deadline of non-run requests.
+    pub default_timeout: Duration,
+    /// Concurrent runs per account on this instance (0: no limit).
+    pub max_concurrent_runs: usize,
+    /// Output kept per run and stream for log followers.
+    pub output_cap: usize,
+}
+
+/// Counters of the provider.
+#[derive(Clone)]
+pub struct ProviderMetrics {
+    pub runs: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub usage_failures: IntCounter,
+    pub late_results: IntCounter,
+}
+
+impl ProviderMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let runs = IntCounterVec::new(
+            Opts::new("bus_api_runs_total", "Runs that ended, by state."),
+            &["state"],
+        )
+        .expect("valid");
+        let _ = metrics.registry().register(Box::new(runs.clone()));
+        ProviderMetrics {
+            runs,
+            in_flight: metrics.gauge("bus_api_runs_in_flight", "Runs accepted and not yet ended."),
+            usage_failures: metrics.counter(
+                "bus_api_usage_failures_total",
+                "Usage records that could not be published.",
+            ),
+            late_results: metrics.counter(
+                "bus_api_late_results_total",
+                "Results that came after the run was deleted or recorded lost.",
+            ),
+        }
+    }
+}
+
+/// The provider actor.
+pub struct ApiProvider {
+    backend: Backend,
+    store: SharedStore,
+    usage: Usage,
+    billing: Billing,
+    config: ProviderConfig,
+    metrics: ProviderMetrics,
+    /// The runs in flight on this instance.
+    runs: HashMap<String, LiveRun>,
+}
+
+impl ApiProvider {
+    pub fn new(
+        backend: Backend,
+        store: SharedStore,
+        usage: Usage,
+        billing: Billing,
+        config: ProviderConfig,
+        metrics: ProviderMetrics,
+    ) -> Self {
+        ApiProvider {
+            backend,
+            store,
+            usage,
+            billing,
+            config,
+            metrics,
+            runs: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for ApiProvider {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+    }
+}

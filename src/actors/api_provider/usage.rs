@@ -1,0 +1,192 @@
+//! Usage records (`bus.usage.record.request`).
+//!
+//! Usage is published in order by one background task (so a run's
+//! `container_run_requested` always precedes its end), never on the run's
+//! own path: a failed record never loses a run's result. Retry policy: a
+//! failed publish is tried three more times after 1 s, 2 s and 4 s, then
+//! logged and counted (`bus_api_usage_failures_total`). `event_id` is
+//! stable per run and type, so a retried record is not counted twice.
+
+use crate::actors::bus::requester::Requester;
+use crate::contract::{encode, now_rfc3339, ErrorDetail, Publication, Reply, RunResult, RunState};
+use prometheus::IntCounter;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub const USAGE_EVENT: &str = "bus.usage.record.request";
+
+/// The meters of a finished run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meters {
+    pub bus_container_runtime_seconds: Option<u64>,
+}
+
+/// What a usage record says about its run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum UsageData {
+    Requested {
+        run_id: String,
+        profile: Option<String>,
+        image: Option<String>,
+    },
+    Finished {
+        run_id: String,
+        state: RunState,
+        duration_ms: u64,
+        exit_code: Option<i64>,
+        profile: Option<String>,
+        image: String,
+        runner_name: String,
+        meters: Meters,
+    },
+    Failed {
+        run_id: String,
+        state: RunState,
+        error: Option<ErrorDetail>,
+    },
+}
+
+/// One usage record.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRecord {
+    pub event_type: &'static str,
+    pub event_id: String,
+    pub account_id: String,
+    pub occurred_at: String,
+    pub data: UsageData,
+}
+
+/// Where usage records go.
+#[derive(Clone)]
+pub enum Usage {
+    None,
+    /// Published on the bus by an ordered background task.
+    Events(mpsc::Sender<UsageRecord>),
+    /// Kept in memory (development, tests), at most 10,000.
+    Memory(Arc<Mutex<Vec<UsageRecord>>>),
+}
+
+impl Usage {
+    /// Starts the publishing task on the current arbiter.
+    pub fn events(requester: Requester, failures: IntCounter) -> Self {
+        let (tx, mut rx) = mpsc::channel::<UsageRecord>(10_000);
+        actix_rt::spawn(async move {
+            while let Some(record) = rx.recv().await {
+                let mut delay = Duration::from_secs(1);
+                let mut attempt = 0;
+                loop {
+                    match requester
+                        .publish(Publication::new(USAGE_EVENT, encode(&record)))
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if attempt < 3 => {
+                            tracing::warn!(error = %e, retry_in = ?delay, "usage record not published; retrying");
+                            actix_rt::time::sleep(delay).await;
+                            delay *= 2;
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            failures.inc();
+                            tracing::error!(error = %e, event_id = %record.event_id, "usage record lost after retries");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Usage::Events(tx)
+    }
+
+    fn record(
+        &self,
+        event_type: &'static str,
+        account: &str,
+        data: UsageData,
+        failures: &IntCounter,
+    ) {
+        let run_id = match &data {
+            UsageData::Requested { run_id, .. }
+            | UsageData::Finished { run_id, .. }
+            | UsageData::Failed { run_id, .. } => run_id.clone(),
+        };
+        let record = UsageRecord {
+            event_type,
+            event_id: format!("{run_id}:{event_type}"),
+            account_id: account.to_owned(),
+            occurred_at: now_rfc3339(),
+            data,
+        };
+        match self {
+            Usage::None => {}
+            Usage::Events(tx) => {
+                if tx.try_send(record).is_err() {
+                    failures.inc();
+                    tracing::error!(run_id, event_type, "usage queue full; record dropped");
+                }
+            }
+            Usage::Memory(all) => {
+                let mut all = all.lock().expect("usage lock");
+                if all.len() < 10_000 {
+                    all.push(record);
+                }
+            }
+        }
+    }
+
+    /// A run was accepted.
+    pub fn requested(
+        &self,
+        run_id: &str,
+        account: &str,
+        profile: Option<String>,
+        image: Option<String>,
+        failures: &IntCounter,
+    ) {
+        let data = UsageData::Requested {
+            run_id: run_id.to_owned(),
+            profile,
+            image,
+        };
+        self.record("container_run_requested", account, data, failures);
+    }
+
+    /// The end-of-run record for a run that ended in `state`.
+    pub fn ended(
+        &self,
+        run_id: &str,
+        account: &str,
+        state: RunState,
+        result: &Reply<RunResult>,
+        failures: &IntCounter,
+    ) {
+        match result {
+            Reply::Ok(r) if state.ran() => {
+                let data = UsageData::Finished {
+                    run_id: run_id.to_owned(),
+                    state,
+                    duration_ms: r.duration_ms,
+                    exit_code: r.exit_code,
+                    profile: r.profile.clone(),
+                    image: r.image.clone(),
+                    runner_name: r.runner_name.clone(),
+                    meters: Meters {
+                        bus_container_runtime_seconds: Some(r.duration_ms.div_ceil(1000)),
+                    },
+                };
+                self.record("container_run_finished", account, data, failures);
+            }
+            other => {
+                let data = UsageData::Failed {
+                    run_id: run_id.to_owned(),
+                    state,
+                    error: other.as_error().cloned(),
+                };
+                self.record("container_run_failed", account, data, failures);
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Ending a run: its exit (a pooled run's from its exec), the engine's
+//! verdict (`OOMKilled`), the result, the container's removal and the
+//! sandbox's teardown, then the one reply to the worker.
+
+use super::{ContainerSession, Kill, Phase, SessionNote};
+use crate::actors::egress_sandbox::Teardown;
+use crate::contract::run::{RunDetails, RuntimeInfo};
+use crate::contract::{ErrorDetail, ErrorType, Reply, RunResult};
+use crate::planning::outcome::Ending;
+use crate::runtime::RuntimeError;
+use actix::prelude::*;
+use std::time::{Duration, Instant};
+
+impl ContainerSession {
+    /// Sends the run's one reply to its worker.
+    pub(super) fn reply(&mut self, reply: Reply<RunResult>) {
+        if self.phase == Phase::Replied {
+            return;
+        }
+        self.phase = Phase::Replied;
+        self.notify.do_send(SessionNote::Finished {
+            run_id: self.plan.run_id.clone(),
+            reply,
+        });
+    }
+
+    /// The run could not start.
+    pub(super) fn fail(&mut self, e: RuntimeError, ctx: &mut Context<Self>) {
+        let detail = match &e {
+            RuntimeError::ImageMissing(_) => ErrorDetail::new(
+                ErrorType::BadRequest,
+                format!("image {} is not present on worker {} (runner start pulls profile images; offline, build it with scripts/build-test-image)", self.plan.image, self.cx.worker_id),
+            ),
+            RuntimeError::Unavailable(m) => ErrorDetail::new(ErrorType::Unavailable, m.clone()),
+            other => ErrorDetail::new(ErrorType::BackendError, other.to_string()),
+        };
+        tracing::warn!(run_id = %self.plan.run_id, error = %e, "run failed before it started");
+        self.finish_with(Reply::Err(detail), ctx);
+    }
+
+    /// The exec's exit, once its output has ended.
+    pub(super) fn read_exec_exit(&mut self, exec_id: String, ctx: &mut Context<Self>) {
+        let runtime = self.cx.runtime.clone();
+        ctx.spawn(
+            async move {
+                // The engine marks the exec done a moment after its output ends.
+                for _ in 0..40 {
+                    match runtime.exec_exit(&exec_id).await {
+                        Ok(Some(code)) => return code,
+                        Ok(None) => actix_rt::time::sleep(Duration::from_millis(25)).await,
+                        Err(_) => break,
+                    }
+                }
+                -1
+            }
+            .into_actor(self)
+            .map(|code, act, ctx| act.on_exit(code, ctx)),
+        );
+    }
+
+    /// Once the process has ended and its output is read: inspect, make
+    /// the result, finish.
+    pub(super) fn maybe_finish(&mut self, ctx: &mut Context<Self>) {
+        if self.output_open {
+            return;
+        }
+        let Phase::Exited {
+            code,
+            at: ended,
+            ref finished_at,
+        } = self.phase
+        else {
+            return;
+        };
+        let finished_at = finished_at.clone();
+        self.phase = Phase::Finishing;
+        let id = self.container_id.clone().unwrap_or_default();
+        let runtime = self.cx.runtime.clone();
+        // A pooled run's container outlives its process: nothing to inspect.
+        let pooled = self.exec_id.is_some();
+        ctx.wait(
+            async move {
+                if pooled {
+                    Ok(Default::default())
+                } else {
+                    runtime.inspect(&id).await
+                }
+            }
+            .into_actor(self)
+            .map(move |inspected, act, ctx| {
+                let info = inspected.unwrap_or_default();
+                let ending = Ending {
+                    exit_code: if code >= 0 { Some(code) } else { info.exit_code },
+                    oom_killed: info.oom_killed,
+                    timed_out: act.kill == Some(Kill::Timeout),
+                    cancelled: act.kill == Some(Kill::Cancel),
+                };
+                let result = act.result(&ending, ended, finished_at);
+                tracing::info!(run_id = %result.run_id, state = %result.state, exit_code = ?result.exit_code, duration_ms = result.duration_ms, "run finished");
+                act.finish_with(Reply::Ok(result), ctx);
+            }),
+        );
+    }
+
+    fn result(&self, ending: &Ending, ended: Instant, finished_at: String) -> RunResult {
+        let (t0, started_at) = self.started.clone().unwrap_or((ended, finished_at.clone()));
+        let signal = if self.kill.is_some() {
+            Some("SIGKILL")
+        } else {
+            ending.signal()
+        };
+        RunResult {
+            run_id: self.plan.run_id.clone(),
+            owner_account_id: self.plan.owner.clone(),
+            worker_id: self.cx.worker_id.clone(),
+            runner_name: self.cx.runner_name.clone(),
+            image: self.plan.image.clone(),
+            args: self.plan.args.clone(),
+            exit_code: ending.exit_code,
+            signal: signal.map(str::to_owned),
+            state: ending.state(),
+            stdout: self.plan.secrets.redact(&self.stdout.text()),
+            stderr: self.plan.secrets.redact(&self.stderr.text()),
+            stdout_truncated: self.stdout.truncated,
+            stderr_truncated: self.stderr.truncated,
+            duration_ms: ended.duration_since(t0).as_millis() as u64,
+            started_at: Some(started_at),
+            finished_at: Some(finished_at),
+            runtime: RuntimeInfo {
+                provider: self.cx.runtime.provider().to_owned(),
+                engine_version: self.cx.engine_version.clone(),
+            },
+            profile: self.plan.profile.clone(),
+            reason: None,
+            details: None,
+        }
+    }
+
+    /// Removes the container, then the sandbox (a sandboxed run's result
+    /// gets its `details.egress`), then replies (a cold run's result
+    /// means its container is gone), then stops. A pooled run replies
+    /// first: its process has ended, and removing the idle container it
+    /// ran in is not worth the wait (the session still removes it before
+    /// it stops).
+    pub(super) fn finish_with(&mut self, reply: Reply<RunResult>, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Replied {
+            self.phase = Phase::Finishing;
+        }
+        let container = self.container_id.take();
+        let sandbox = self.sandbox.take();
+        if container.is_none() && sandbox.is_none() {
+            self.reply(reply);
+            ctx.stop();
+            return;
+        }
+        if self.exec_id.is_some() {
+            self.reply(reply.clone());
+        }
+        let runtime = self.cx.runtime.clone();
+        ctx.wait(
+            async move {
+                let remove = async {
+                    if let Some(id) = container {
+                        if let Err(e) = runtime.remove(&id).await {
+                            tracing::error!(container = %id, error = %e, "could not remove a run container");
+                        }
+                    }
+                };
+                // The sandbox comes down alongside (its network goes once
+                // the container has left it).
+                let teardown = async {
+                    match sandbox {
+                        Some(seat) => seat.teardown.send(Teardown).await.ok(),
+                        None => None,
+                    }
+                };
+                futures::join!(remove, teardown).1
+            }
+            .into_actor(self)
+            .map(move |egress, act, ctx| {
+                let mut reply = reply;
+                if let (Some(egress), Reply::Ok(result)) = (egress, &mut reply) {
+                    result.details = Some(RunDetails {
+                        egress: Some(egress),
+                    });
+                }
+                act.reply(reply);
+                ctx.stop();
+            }),
+        );
+    }
+}

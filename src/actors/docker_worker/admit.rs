@@ -1,0 +1,163 @@
+//! A run request: planned, admitted or refused (stopping, no engine, at
+//! capacity — on a durable queue it goes back instead), then started in
+//! a session, in a warm-pool container when one of its profile is ready.
+
+use super::durable::{settle, Task};
+use super::{DockerWorker, Live};
+use crate::actors::bus::Incoming;
+use crate::actors::container_session::SessionContext;
+use crate::actors::warm_pool;
+use crate::broker::run_id_of_envelope;
+use crate::contract::{now_rfc3339, ErrorType, Kind, Reply, RunRequest, RunResult, RunnerState};
+use crate::planning::{plan_run, RunPlan};
+use actix::prelude::*;
+use std::time::Duration;
+
+impl Handler<Incoming<Result<RunRequest, String>>> for DockerWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming<Result<RunRequest, String>>, ctx: &mut Self::Context) {
+        let Some((msg, owner)) = self.admit_request(msg, ctx) else {
+            return;
+        };
+        self.on_run(msg, owner, ctx);
+    }
+}
+
+impl DockerWorker {
+    /// A run's final answer; a durable request is acknowledged with it.
+    fn answer(
+        &mut self,
+        corr: Option<String>,
+        reply: Reply<RunResult>,
+        ack: Option<std::sync::Arc<dyn crate::broker::Ack>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let task = ack.map(|ack| Task { ack, claim: None });
+        self.reply_then(Kind::Run, corr, reply, task, ctx);
+    }
+
+    fn on_run(&mut self, msg: Incoming<RunRequest>, owner: String, ctx: &mut Context<Self>) {
+        let Incoming {
+            meta,
+            body: mut request,
+        } = msg;
+        let ack = meta.ack.clone();
+        let corr = meta.correlation_id.clone();
+        if corr.is_none() {
+            tracing::warn!(from = %meta.identity_id, "run request without a correlation id ignored");
+            if let Some(ack) = &ack {
+                settle("acknowledge a durable request", ack.done());
+            }
+            return;
+        }
+        if ack.is_some() && request.run_id.as_deref().is_none_or(str::is_empty) {
+            // Every delivery of this request must name the same run.
+            request.run_id = Some(run_id_of_envelope(&meta.id));
+        }
+        let plan = match plan_run(&request, &owner, &self.config.settings) {
+            Ok(p) => p,
+            Err(e) => return self.answer(corr, Reply::Err(e), ack, ctx),
+        };
+        let busy = if self.stopping {
+            Some("the worker is stopping".to_owned())
+        } else if self.state() == RunnerState::Unavailable {
+            Some("the container engine is unreachable".to_owned())
+        } else if self.sessions.len() + self.pending >= self.config.settings.config.worker.capacity
+        {
+            Some(format!("worker {} is at capacity", self.config.worker_id()))
+        } else {
+            None
+        };
+        if let Some(why) = busy {
+            if let Some(ack) = &ack {
+                // Back to the queue, for another worker or a later try.
+                let delay = if self.stopping {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(1)
+                };
+                tracing::debug!(run_id = %plan.run_id, reason = %why, "durable run left in the queue");
+                settle("return a durable request", ack.retry_later(delay));
+                return;
+            }
+            return self.answer(corr, Reply::error(ErrorType::Unavailable, why), None, ctx);
+        }
+        match ack {
+            Some(ack) => self.claim_run(&meta, &request, plan, owner, corr, ack, ctx),
+            None if self.sessions.contains_key(&plan.run_id) => {
+                let reply = Reply::error(
+                    ErrorType::BadRequest,
+                    format!("run {} is already running", plan.run_id),
+                );
+                self.answer(corr, reply, None, ctx)
+            }
+            None => self.start_session(plan, owner, corr, None, ctx),
+        }
+    }
+
+    pub(super) fn start_session(
+        &mut self,
+        plan: RunPlan,
+        owner: String,
+        corr: Option<String>,
+        task: Option<Task>,
+        ctx: &mut Context<Self>,
+    ) {
+        // A profile run takes an idle pooled container when one is ready
+        // (the pool is made per profile; explicit-image runs go cold).
+        let poolable = plan.profile.as_ref().filter(|p| {
+            self.pool_config.sizes.contains_key(*p)
+                && !plan.spec.command.is_empty()
+                && plan.sandbox.is_none()
+        });
+        if let (Some(profile), Some(pool)) = (poolable, &self.pool) {
+            self.pending += 1;
+            let take = pool.take.send(warm_pool::Take(profile.clone()));
+            ctx.spawn(take.into_actor(self).map(move |taken, act, ctx| {
+                act.pending -= 1;
+                act.open_session(plan, owner, corr, task, taken.ok().flatten(), ctx);
+            }));
+            return;
+        }
+        self.open_session(plan, owner, corr, task, None, ctx);
+    }
+
+    fn open_session(
+        &mut self,
+        plan: RunPlan,
+        owner: String,
+        corr: Option<String>,
+        task: Option<Task>,
+        pooled: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(runtime) = self.runtime().cloned() else {
+            return;
+        };
+        let cx = SessionContext {
+            runtime,
+            worker_id: self.config.worker_id().to_owned(),
+            runner_name: self.config.runner_name.clone(),
+            engine_version: self.engine_version.clone(),
+            output_cap: self.config.settings.config.worker.output_cap_bytes,
+            publisher: self.publisher.clone(),
+            prefix: self.config.prefix.clone(),
+            sandbox: self.config.seats.sandbox.clone(),
+        };
+        let run_id = plan.run_id.clone();
+        tracing::info!(run_id = %run_id, owner = %owner, image = %plan.image, durable = task.is_some(), pooled = pooled.is_some(), "run accepted");
+        let seat = (self.config.seats.session)(plan, cx, ctx.address().recipient(), pooled);
+        self.sessions.insert(
+            run_id,
+            Live {
+                seat,
+                owner,
+                correlation_id: corr,
+                started_at: now_rfc3339(),
+                container_id: None,
+                task,
+            },
+        );
+    }
+}

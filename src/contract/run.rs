@@ -1,0 +1,372 @@
+//! A run on the wire: what is asked (`run.request`) and what it ended as
+//! (`run.response`).
+//!
+//! [`RunSpec`] is what a caller asks for, the same whether it comes as a
+//! REST body or inside a bus request; [`RunSpec::check`] is the one copy
+//! of the rules every such request must meet (the worker's planning adds
+//! what only a worker knows: profiles, allowed images, limits).
+
+use super::{ErrorDetail, ErrorType, RunState};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The longest `timeout_seconds` a request may carry (a year; servers
+/// cap it further).
+pub const MAX_TIMEOUT_SECONDS: i64 = 365 * 24 * 3600;
+
+/// What a caller asks to run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// An alias of `command` when `command` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(
+        default,
+        deserialize_with = "whole_number",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Fed to the command's stdin, then closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Keep stdin open for input requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+/// The field names of a [`RunSpec`] (a strict reader refuses others).
+pub const RUN_SPEC_FIELDS: &[&str] = &[
+    "profile",
+    "image",
+    "command",
+    "args",
+    "timeout_seconds",
+    "env",
+    "stdin",
+    "interactive",
+    "workdir",
+];
+
+/// An integer, also when written as `300.0` (JSON does not distinguish).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(serde::de::Error::custom(
+            "timeout_seconds must be a whole number of seconds",
+        )),
+    }
+}
+
+/// Environment names: letters, digits and `_`, not starting with a digit.
+pub fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Run ids are `[A-Za-z0-9_-]{1,128}`; anything else names no run.
+pub fn valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A fresh run id: `run_` and a UUIDv7 (unique, time-sortable).
+pub fn new_run_id() -> String {
+    format!("run_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn bad(message: impl Into<String>) -> ErrorDetail {
+    ErrorDetail::new(ErrorType::BadRequest, message)
+}
+
+impl RunSpec {
+    /// The command: `command`, else `args`.
+    pub fn words(&self) -> Vec<String> {
+        self.command
+            .clone()
+            .or_else(|| self.args.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn interactive(&self) -> bool {
+        self.interactive.unwrap_or(false)
+    }
+
+    /// What every run request must meet, wherever it comes from.
+    pub fn check(&self) -> Result<(), ErrorDetail> {
+        let given = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.trim().is_empty());
+        if self.profile.is_some() && self.image.is_some() {
+            return Err(bad("give profile or image, not both"));
+        }
+        if !given(&self.profile) && !given(&self.image) {
+            return Err(bad("profile or image is required"));
+        }
+        if let Some(image) = &self.image {
+            if image.chars().any(char::is_whitespace) {
+                return Err(bad("image must not contain whitespace"));
+            }
+            if self.words().is_empty() {
+                return Err(bad("an image run needs a command"));
+            }
+        }
+        match self.timeout_seconds {
+            Some(t) if t < 0 => return Err(bad("timeout_seconds must not be negative")),
+            Some(t) if t > MAX_TIMEOUT_SECONDS => {
+                return Err(bad(format!(
+                    "timeout_seconds must be at most {MAX_TIMEOUT_SECONDS}"
+                )))
+            }
+            _ => {}
+        }
+        for (name, value) in self.env.iter().flatten() {
+            if !valid_env_name(name) {
+                return Err(bad(format!(
+                    "env name {name:?} must be letters, digits and '_' (not starting with a digit)"
+                )));
+            }
+            if value.contains('\0') {
+                return Err(bad(format!("env {name} contains a NUL byte")));
+            }
+        }
+        if self.workdir.as_deref().is_some_and(|w| !w.starts_with('/')) {
+            return Err(bad("workdir must be an absolute path"));
+        }
+        Ok(())
+    }
+}
+
+/// `run.request`: a [`RunSpec`] for an owner, under a run id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// Assigned by the API provider; a request without one gets one from
+    /// the worker (or, on a durable queue, from the router).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_account_id: Option<String>,
+    #[serde(flatten)]
+    pub spec: RunSpec,
+    /// When its requester stops waiting (RFC 3339; stamped by a router
+    /// on a durable queue): a run still queued then is not started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<String>,
+}
+
+/// Which engine ran it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
+}
+
+/// More about a run than the contract's fields (ours).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunDetails {
+    /// A sandboxed run's egress decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressReport>,
+}
+
+/// `run.response` of a run: how it ended and what it printed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub run_id: String,
+    pub owner_account_id: String,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub worker_id: String,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub runner_name: String,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub image: String,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub state: RunState,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub stdout: String,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub stderr: String,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub stdout_truncated: bool,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub stderr_truncated: bool,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default, deserialize_with = "super::lenient::null_default")]
+    pub runtime: RuntimeInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Why a run ended as it did when its fields cannot say (`lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<RunDetails>,
+}
+
+/// One decision line of a sandboxed run's egress proxy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EgressDecision {
+    pub ts: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// A credential route's header was set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub credential: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How often a run went to one destination, and whether it was let through.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EgressDestination {
+    pub host: String,
+    pub port: u16,
+    pub decision: String,
+    pub count: u64,
+}
+
+/// `details.egress`: what a sandboxed run's proxy let through and refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EgressReport {
+    pub allowlist: Vec<String>,
+    pub allowed: u64,
+    pub denied: u64,
+    pub destinations: Vec<EgressDestination>,
+    /// The first decisions, verbatim.
+    pub log: Vec<EgressDecision>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_truncated: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Connections from outside the run's network, not served.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused_clients: u64,
+    /// The proxy stopped before the run ended: egress stopped working
+    /// part way through.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_exited_early: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RunResult {
+    /// The answer for a run whose worker went away mid-run: its outcome
+    /// is unknown, and it is never run again.
+    pub fn lost(request: &RunRequest, run_id: &str, owner: &str, worker_id: &str) -> Self {
+        RunResult {
+            run_id: run_id.to_owned(),
+            owner_account_id: owner.to_owned(),
+            worker_id: worker_id.to_owned(),
+            image: request
+                .spec
+                .image
+                .clone()
+                .or_else(|| request.spec.profile.clone())
+                .unwrap_or_default(),
+            args: request.spec.words(),
+            state: RunState::Lost,
+            finished_at: Some(super::now_rfc3339()),
+            reason: Some(format!(
+                "worker {worker_id} stopped while the run was in flight; its outcome is unknown and it is not run again"
+            )),
+            ..RunResult::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_request_reads_leniently_and_writes_only_what_it_has() {
+        let r: RunRequest = serde_json::from_value(json!({
+            "run_id": "run_1", "owner_account_id": "a", "profile": "codex",
+            "args": ["sh"], "timeout_seconds": 300.0, "from_another_program": true
+        }))
+        .unwrap();
+        assert_eq!(r.spec.timeout_seconds, Some(300));
+        assert_eq!(r.spec.words(), ["sh"]);
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            json!({"run_id": "run_1", "owner_account_id": "a", "profile": "codex", "args": ["sh"], "timeout_seconds": 300})
+        );
+        assert!(serde_json::from_value::<RunRequest>(json!({"timeout_seconds": 1.5})).is_err());
+    }
+
+    #[test]
+    fn the_rules_of_every_run_request() {
+        let spec = |v| serde_json::from_value::<RunSpec>(v).unwrap().check();
+        assert!(spec(json!({"profile": "codex"})).is_ok());
+        for bad in [
+            json!({}),
+            json!({"profile": " "}),
+            json!({"profile": "codex", "image": "x"}),
+            json!({"image": "x"}),
+            json!({"image": "a b", "command": ["x"]}),
+            json!({"profile": "codex", "timeout_seconds": -1}),
+            json!({"profile": "codex", "timeout_seconds": MAX_TIMEOUT_SECONDS + 1}),
+            json!({"profile": "codex", "env": {"1A": "x"}}),
+            json!({"profile": "codex", "env": {"A": "x\u{0}"}}),
+            json!({"profile": "codex", "workdir": "rel"}),
+        ] {
+            assert_eq!(
+                spec(bad.clone()).unwrap_err().kind,
+                ErrorType::BadRequest,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_result_round_trips() {
+        let r = RunResult {
+            run_id: "r".into(),
+            owner_account_id: "a".into(),
+            state: RunState::Succeeded,
+            exit_code: Some(0),
+            runtime: RuntimeInfo {
+                provider: "docker".into(),
+                engine_version: None,
+            },
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["runtime"], json!({"provider": "docker"}));
+        assert_eq!(v["started_at"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<RunResult>(v).unwrap(), r);
+    }
+}
