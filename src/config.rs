@@ -6,7 +6,6 @@ use crate::runtime::{Hardening, Limits, MountSpec};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -348,11 +347,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// The longest timeout any run may have.
-    pub fn max_timeout(&self) -> Duration {
-        Duration::from_secs(self.worker.max_timeout_seconds)
     }
 }
 

@@ -18,7 +18,6 @@ use async_nats::jetstream;
 use futures::future::LocalBoxFuture;
 use futures::{FutureExt, StreamExt};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,37 +64,27 @@ pub struct NatsBroker {
     replay: Option<jetstream::stream::Stream>,
     js: jetstream::Context,
     work: Option<WorkQueue>,
-    slow: Arc<AtomicU64>,
 }
 
 impl NatsBroker {
     /// Connects (retrying in the background if the server is not up yet)
     /// and makes sure the replay stream exists when JetStream is enabled.
     pub async fn connect(url: &str, options: NatsOptions) -> Result<Self, BrokerError> {
-        let slow = Arc::new(AtomicU64::new(0));
-        let counted = slow.clone();
         let client = async_nats::ConnectOptions::new()
             .name("bus")
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .subscription_capacity(options.subscription_capacity)
-            .event_callback(move |event| {
-                let counted = counted.clone();
-                async move {
-                    match event {
-                        async_nats::Event::SlowConsumer(sid) => {
-                            counted.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(
-                                subscription = sid,
-                                "NATS slow consumer: messages dropped"
-                            );
-                        }
-                        async_nats::Event::Disconnected => {
-                            tracing::warn!("NATS disconnected; reconnecting")
-                        }
-                        async_nats::Event::Connected => tracing::info!("NATS connected"),
-                        other => tracing::debug!(event = %other, "NATS event"),
+            .event_callback(move |event| async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        tracing::warn!(subscription = sid, "NATS slow consumer: messages dropped");
                     }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; reconnecting")
+                    }
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    other => tracing::debug!(event = %other, "NATS event"),
                 }
             })
             .connect(url)
@@ -133,7 +122,6 @@ impl NatsBroker {
             replay,
             js,
             work,
-            slow,
         })
     }
 
@@ -143,11 +131,6 @@ impl NatsBroker {
 
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
-    }
-
-    /// Messages NATS dropped because a subscription could not keep up.
-    pub fn slow_consumer_events(&self) -> u64 {
-        self.slow.load(Ordering::Relaxed)
     }
 }
 

@@ -25,7 +25,7 @@ pub use envelope::*;
 pub use error::*;
 pub use events::{OutputStream, RunOutput, RunStarted, WorkerHeartbeat};
 pub use kinds::*;
-pub use replies::{decode, encode, Reply, RunnerState, WorkerReply};
+pub use replies::{decode, encode, Malformed, Reply, RunnerState, WorkerReply};
 pub use run::{RunRequest, RunResult, RunSpec};
 pub use run_state::RunState;
 pub use wire::WireRequest;

@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// Why a payload could not be read as its contract type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
 /// A reply payload: `T`, or the contract's error body.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply<T> {
@@ -74,18 +79,18 @@ impl<T> From<Result<T, ErrorDetail>> for Reply<T> {
 impl<T: DeserializeOwned> Reply<T> {
     /// Reads a reply payload; `Err` says what is malformed (an object
     /// with an `error` key must carry a valid error).
-    pub fn decode(payload: &Value) -> Result<Self, String> {
+    pub fn decode(payload: &Value) -> Result<Self, Malformed> {
         let Some(obj) = payload.as_object() else {
-            return Err("reply is not a JSON object".into());
+            return Err(Malformed("reply is not a JSON object".into()));
         };
         if obj.contains_key("error") {
             return ErrorBody::deserialize(payload)
                 .map(|b| Reply::Err(b.error))
-                .map_err(|_| "reply has a malformed error object".to_owned());
+                .map_err(|_| Malformed("reply has a malformed error object".into()));
         }
         T::deserialize(payload)
             .map(Reply::Ok)
-            .map_err(|e| format!("malformed reply: {e}"))
+            .map_err(|e| Malformed(format!("malformed reply: {e}")))
     }
 }
 
@@ -100,15 +105,20 @@ impl<T: Serialize> WorkerReply<T> {
     pub fn to_payload(&self) -> Value {
         let mut payload = encode(&self.reply);
         if let (Some(w), Some(obj)) = (&self.worker_id, payload.as_object_mut()) {
-            obj.entry("worker_id")
-                .or_insert_with(|| Value::String(w.clone()));
+            let named = obj
+                .get("worker_id")
+                .and_then(Value::as_str)
+                .is_some_and(|v| !v.is_empty());
+            if !named {
+                obj.insert("worker_id".into(), Value::String(w.clone()));
+            }
         }
         payload
     }
 }
 
 impl<T: DeserializeOwned> WorkerReply<T> {
-    pub fn decode(payload: &Value) -> Result<Self, String> {
+    pub fn decode(payload: &Value) -> Result<Self, Malformed> {
         Ok(WorkerReply {
             worker_id: payload
                 .get("worker_id")
@@ -122,12 +132,13 @@ impl<T: DeserializeOwned> WorkerReply<T> {
 
 /// Reads a payload as `T` (unknown fields are ignored: the bus contract
 /// is lenient).
-pub fn decode<T: DeserializeOwned>(payload: &Value) -> Result<T, String> {
+pub fn decode<T: DeserializeOwned>(payload: &Value) -> Result<T, Malformed> {
+    let read = |v: &Value| T::deserialize(v).map_err(|e| Malformed(e.to_string()));
     if payload.is_null() {
         // A missing payload reads as an empty object.
-        return T::deserialize(&Value::Object(Default::default())).map_err(|e| e.to_string());
+        return read(&Value::Object(Default::default()));
     }
-    T::deserialize(payload).map_err(|e| e.to_string())
+    read(payload)
 }
 
 /// Writes a payload.

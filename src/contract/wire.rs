@@ -8,7 +8,7 @@ use super::replies::{
     RunnerStarted, RunnerStatusReply, StatusReply, StatusRequest,
 };
 use super::static_answers as answers;
-use super::{Kind, Reply, RunRequest, RunResult};
+use super::{Kind, Malformed, Reply, RunRequest, RunResult};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -36,18 +36,18 @@ pub trait WireRequest:
     }
     /// Checks a decoded reply against the request it answers (made for
     /// `owner`): `Err` says why it cannot be trusted.
-    fn check_reply(_reply: &Self::Reply, _owner: &str) -> Result<(), String> {
+    fn check_reply(_reply: &Self::Reply, _owner: &str) -> Result<(), Malformed> {
         Ok(())
     }
     /// The static provider's answer, for `owner`, as worker `worker_id`.
     fn static_answer(&self, owner: &str, worker_id: &str) -> Reply<Self::Reply>;
 }
 
-fn same_owner(got: &str, owner: &str) -> Result<(), String> {
+fn same_owner(got: &str, owner: &str) -> Result<(), Malformed> {
     if got != owner {
-        return Err(format!(
+        return Err(Malformed(format!(
             "reply is for owner {got:?}, the request was for {owner:?}"
-        ));
+        )));
     }
     Ok(())
 }
@@ -76,9 +76,9 @@ impl WireRequest for RunRequest {
     fn static_answer(&self, owner: &str, worker_id: &str) -> Reply<RunResult> {
         Reply::Ok(answers::run(self, owner, worker_id))
     }
-    fn check_reply(reply: &RunResult, owner: &str) -> Result<(), String> {
+    fn check_reply(reply: &RunResult, owner: &str) -> Result<(), Malformed> {
         if reply.run_id.is_empty() {
-            return Err("reply has no run_id".into());
+            return Err(Malformed("reply has no run_id".into()));
         }
         same_owner(&reply.owner_account_id, owner)
     }
@@ -124,7 +124,7 @@ impl WireRequest for DeleteRequest {
     fn run_id(&self) -> Option<&str> {
         nonempty_str(&self.run_id)
     }
-    fn check_reply(reply: &Deleted, owner: &str) -> Result<(), String> {
+    fn check_reply(reply: &Deleted, owner: &str) -> Result<(), Malformed> {
         same_owner(&reply.owner_account_id, owner)
     }
 }
@@ -142,7 +142,7 @@ impl WireRequest for StatusRequest {
     fn set_owner(&mut self, owner: &str) {
         self.owner_account_id = owner.to_owned();
     }
-    fn check_reply(reply: &StatusReply, owner: &str) -> Result<(), String> {
+    fn check_reply(reply: &StatusReply, owner: &str) -> Result<(), Malformed> {
         for item in &reply.items {
             if let Some(got) = &item.owner_account_id {
                 same_owner(got, owner)?;

@@ -119,7 +119,7 @@ impl<Q: WireRequest> Handler<Ask<Q>> for BusBackend {
         Box::pin(async move {
             let request = Request::of(PUBLIC_PREFIX, &ask.body, ask.deadline);
             let out = requester.request(request).await?;
-            let malformed = |why: String| {
+            let malformed = |why: crate::contract::Malformed| {
                 Reply::error(
                     ErrorType::MalformedResponse,
                     format!("malformed reply: {why}"),

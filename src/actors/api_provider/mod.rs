@@ -28,6 +28,8 @@ pub mod logs;
 pub mod messages;
 mod runs;
 mod status;
+#[cfg(test)]
+mod tests;
 pub mod usage;
 
 use crate::metrics::Metrics;

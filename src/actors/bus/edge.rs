@@ -50,7 +50,7 @@ impl Meta {
 }
 
 /// A decoded event: who sent it and what it says. `T` is the payload's
-/// contract type (or `Result<T, String>` where a malformed payload must
+/// contract type (or `Result<T, crate::contract::Malformed>` where a malformed payload must
 /// be answered rather than dropped).
 #[derive(Debug, Clone)]
 pub struct Incoming<T> {
@@ -60,7 +60,7 @@ pub struct Incoming<T> {
 
 impl<T> Incoming<T> {
     /// Decodes `event`'s payload as `T`; `Err` says why it is malformed.
-    pub fn decode(event: &Event) -> Incoming<Result<T, String>>
+    pub fn decode(event: &Event) -> Incoming<Result<T, crate::contract::Malformed>>
     where
         T: serde::de::DeserializeOwned,
     {
@@ -75,7 +75,7 @@ impl<T: 'static> actix::Message for Incoming<T> {
     type Result = ();
 }
 
-impl<Q: crate::contract::WireRequest> Incoming<Result<Q, String>> {
+impl<Q: crate::contract::WireRequest> Incoming<Result<Q, crate::contract::Malformed>> {
     /// Who the request acts for (the effective-owner rule).
     pub fn owner(&self) -> Result<String, crate::contract::ErrorDetail> {
         let payload_owner = self.body.as_ref().ok().and_then(|q| q.owner());
@@ -91,7 +91,7 @@ impl<Q: crate::contract::WireRequest> Incoming<Result<Q, String>> {
 /// Decodes every event as a request of `Q` (a malformed one still
 /// arrives, to be answered).
 pub fn requests<Q: crate::contract::WireRequest>(
-) -> super::subscription::Decode<Incoming<Result<Q, String>>> {
+) -> super::subscription::Decode<Incoming<Result<Q, crate::contract::Malformed>>> {
     Box::new(|e| Some(Incoming::<Q>::decode(&e)))
 }
 

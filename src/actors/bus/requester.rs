@@ -180,7 +180,7 @@ impl Requester {
 /// `Some(Err)` when it is malformed.
 pub fn first_reply<R: serde::de::DeserializeOwned>(
     outcome: &Outcome,
-) -> Option<Result<WorkerReply<R>, String>> {
+) -> Option<Result<WorkerReply<R>, crate::contract::Malformed>> {
     outcome
         .replies
         .first()

@@ -13,10 +13,14 @@ use crate::planning::{plan_run, RunPlan};
 use actix::prelude::*;
 use std::time::Duration;
 
-impl Handler<Incoming<Result<RunRequest, String>>> for DockerWorker {
+impl Handler<Incoming<Result<RunRequest, crate::contract::Malformed>>> for DockerWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming<Result<RunRequest, String>>, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        msg: Incoming<Result<RunRequest, crate::contract::Malformed>>,
+        ctx: &mut Self::Context,
+    ) {
         let Some((msg, owner)) = self.admit_request(msg, ctx) else {
             return;
         };

@@ -16,7 +16,7 @@
 //!   answer `lost` for a redelivered run whose worker is gone
 //! - [`seats`]: session, runner and pool reached through `Recipient`s
 //!
-//! Messages in: each request kind decoded as `Incoming<Result<Q, String>>`;
+//! Messages in: each request kind decoded as `Incoming<Result<Q, crate::contract::Malformed>>`;
 //! [`SessionNote`] from its sessions; [`ListLive`] from its runner's
 //! reaper; [`Shutdown`], [`PoolIdle`], [`LiveCount`].
 
@@ -26,6 +26,8 @@ mod lifecycle;
 mod per_run;
 mod runner_requests;
 pub mod seats;
+#[cfg(test)]
+mod tests;
 
 use crate::actors::bus::edge::requests;
 use crate::actors::bus::requester::Requester;
@@ -157,7 +159,7 @@ async fn subscribe<Q: WireRequest>(
     worker: &Addr<DockerWorker>,
 ) -> Result<Recipient<subscription::Stop>, BrokerError>
 where
-    DockerWorker: Handler<Incoming<Result<Q, String>>>,
+    DockerWorker: Handler<Incoming<Result<Q, crate::contract::Malformed>>>,
 {
     let sub = Subscription::start_decoded(
         broker.clone(),
@@ -270,7 +272,7 @@ impl DockerWorker {
     /// is this worker's to handle.
     fn admit_request<Q: WireRequest>(
         &mut self,
-        msg: Incoming<Result<Q, String>>,
+        msg: Incoming<Result<Q, crate::contract::Malformed>>,
         ctx: &mut Context<Self>,
     ) -> Option<(Incoming<Q>, String)> {
         let corr = msg.meta.correlation_id.clone();

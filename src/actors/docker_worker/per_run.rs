@@ -43,10 +43,14 @@ impl DockerWorker {
     }
 }
 
-impl Handler<Incoming<Result<DeleteRequest, String>>> for DockerWorker {
+impl Handler<Incoming<Result<DeleteRequest, crate::contract::Malformed>>> for DockerWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming<Result<DeleteRequest, String>>, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        msg: Incoming<Result<DeleteRequest, crate::contract::Malformed>>,
+        ctx: &mut Self::Context,
+    ) {
         let Some((msg, owner)) = self.admit_request(msg, ctx) else {
             return;
         };
@@ -64,10 +68,14 @@ impl Handler<Incoming<Result<DeleteRequest, String>>> for DockerWorker {
     }
 }
 
-impl Handler<Incoming<Result<InputRequest, String>>> for DockerWorker {
+impl Handler<Incoming<Result<InputRequest, crate::contract::Malformed>>> for DockerWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming<Result<InputRequest, String>>, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        msg: Incoming<Result<InputRequest, crate::contract::Malformed>>,
+        ctx: &mut Self::Context,
+    ) {
         let Some((msg, owner)) = self.admit_request(msg, ctx) else {
             return;
         };

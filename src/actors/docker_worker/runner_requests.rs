@@ -11,10 +11,14 @@ use crate::contract::{ErrorDetail, ErrorType, Reply, RunState, WireRequest};
 use actix::prelude::*;
 use futures::future::LocalBoxFuture;
 
-impl Handler<Incoming<Result<StatusRequest, String>>> for DockerWorker {
+impl Handler<Incoming<Result<StatusRequest, crate::contract::Malformed>>> for DockerWorker {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming<Result<StatusRequest, String>>, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        msg: Incoming<Result<StatusRequest, crate::contract::Malformed>>,
+        ctx: &mut Self::Context,
+    ) {
         let Some((msg, owner)) = self.admit_request(msg, ctx) else {
             return;
         };
@@ -59,12 +63,12 @@ fn gone(e: MailboxError) -> ErrorDetail {
     ErrorDetail::new(ErrorType::Unavailable, e.to_string())
 }
 
-impl Handler<Incoming<Result<RunnerStatusRequest, String>>> for DockerWorker {
+impl Handler<Incoming<Result<RunnerStatusRequest, crate::contract::Malformed>>> for DockerWorker {
     type Result = ();
 
     fn handle(
         &mut self,
-        msg: Incoming<Result<RunnerStatusRequest, String>>,
+        msg: Incoming<Result<RunnerStatusRequest, crate::contract::Malformed>>,
         ctx: &mut Self::Context,
     ) {
         let Some((msg, _)) = self.admit_request(msg, ctx) else {
@@ -81,12 +85,12 @@ impl Handler<Incoming<Result<RunnerStatusRequest, String>>> for DockerWorker {
     }
 }
 
-impl Handler<Incoming<Result<RunnerStartRequest, String>>> for DockerWorker {
+impl Handler<Incoming<Result<RunnerStartRequest, crate::contract::Malformed>>> for DockerWorker {
     type Result = ();
 
     fn handle(
         &mut self,
-        msg: Incoming<Result<RunnerStartRequest, String>>,
+        msg: Incoming<Result<RunnerStartRequest, crate::contract::Malformed>>,
         ctx: &mut Self::Context,
     ) {
         let Some((msg, _)) = self.admit_request(msg, ctx) else {
@@ -103,12 +107,12 @@ impl Handler<Incoming<Result<RunnerStartRequest, String>>> for DockerWorker {
     }
 }
 
-impl Handler<Incoming<Result<RunnerDeleteRequest, String>>> for DockerWorker {
+impl Handler<Incoming<Result<RunnerDeleteRequest, crate::contract::Malformed>>> for DockerWorker {
     type Result = ();
 
     fn handle(
         &mut self,
-        msg: Incoming<Result<RunnerDeleteRequest, String>>,
+        msg: Incoming<Result<RunnerDeleteRequest, crate::contract::Malformed>>,
         ctx: &mut Self::Context,
     ) {
         let Some((msg, _)) = self.admit_request(msg, ctx) else {

@@ -109,7 +109,7 @@ impl<Q: Gathered> Forward<Q> {
                 Err(why) => {
                     self.malformed.inc();
                     tracing::warn!(kind = Q::KIND.segment(), reason = %why, "malformed gathered reply skipped");
-                    malformed.push(why);
+                    malformed.push(why.0);
                 }
             }
         }
@@ -122,8 +122,8 @@ impl<Q: Gathered> Forward<Q> {
     /// A decoded reply, trusted only if it answers this request.
     fn checked(
         &self,
-        reply: Result<WorkerReply<Q::Reply>, String>,
-    ) -> Result<WorkerReply<Q::Reply>, String> {
+        reply: Result<WorkerReply<Q::Reply>, crate::contract::Malformed>,
+    ) -> Result<WorkerReply<Q::Reply>, crate::contract::Malformed> {
         let reply = reply?;
         if let Reply::Ok(r) = &reply.reply {
             Q::check_reply(r, &self.owner)?;

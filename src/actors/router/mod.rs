@@ -11,34 +11,37 @@
 //! `timeout` error at the latest.
 //!
 //! Messages: every public request arrives decoded as
-//! `Incoming<Result<Q, String>>` for its [`WireRequest`] type `Q`; the
+//! `Incoming<Result<Q, crate::contract::Malformed>>` for its [`WireRequest`] type `Q`; the
 //! backend's `run.started`/`run.output` as `Incoming<RunStarted>` and
 //! `Incoming<RunOutput>` (republished in order through a [`Relay`]);
 //! heartbeats go to the [`workers::WorkerRegistry`] seat.
 
 pub mod forward;
 pub mod merge;
+mod routed;
+#[cfg(test)]
+mod tests;
 pub mod workers;
 
 use crate::actors::bus::dispatcher::ReplyMetrics;
-use crate::actors::bus::edge::{events, requests};
+use crate::actors::bus::edge::events;
 use crate::actors::bus::relay::Relay;
 use crate::actors::bus::requester::{BusIdentity, Requester};
 use crate::actors::bus::subscription::{self, Subscription};
 use crate::actors::bus::Incoming;
-use crate::broker::{run_id_of_envelope, BrokerError, SharedBroker, SubscribeSpec};
+use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
 use crate::contract::replies::{DeleteRequest, InputRequest, StatusRequest};
 use crate::contract::wire::{RunnerDeleteRequest, RunnerStartRequest, RunnerStatusRequest};
 use crate::contract::{
-    encode, run_deadline, ErrorType, Kind, Publication, Reply, RunOutput, RunRequest, RunStarted,
-    WireRequest, WorkerHeartbeat, WorkerReply, DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX,
-    ROUTER_GROUP, WORKER_TTL,
+    encode, ErrorType, Kind, Publication, Reply, RunOutput, RunRequest, RunStarted,
+    WorkerHeartbeat, WorkerReply, DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX, ROUTER_GROUP, WORKER_TTL,
 };
 use crate::metrics::Metrics;
 use actix::prelude::*;
 use forward::Forward;
-use merge::Gathered;
 use prometheus::IntCounter;
+pub use routed::Routed;
+use routed::{subscribe_requests, unsigned};
 use std::time::Duration;
 use workers::{Live, WorkerRegistry};
 
@@ -127,68 +130,6 @@ pub struct Router {
     subscriptions: Vec<Recipient<subscription::Stop>>,
     /// `run.started`/`run.output` to republish, in arrival order.
     relay: Relay,
-}
-
-fn unsigned<R>(reply: Reply<R>) -> WorkerReply<R> {
-    WorkerReply {
-        worker_id: None,
-        reply,
-    }
-}
-
-/// What the router does with a kind beyond forwarding it.
-pub trait Routed: Gathered {
-    /// How long the router waits for the reply.
-    fn deadline(&self, config: &RouterConfig) -> Duration {
-        config.default_timeout
-    }
-    /// Prepares a request that waits in a durable queue.
-    fn queue(&mut self, _envelope_id: &str, _until: time::OffsetDateTime) {}
-}
-
-impl Routed for RunRequest {
-    fn deadline(&self, config: &RouterConfig) -> Duration {
-        run_deadline(self.spec.timeout_seconds, config.request_timeout)
-    }
-
-    /// Every copy of this run (a redelivery, another router's forward)
-    /// names the same run, so a worker's claim covers them all; and a
-    /// worker does not start it once its requester has stopped waiting.
-    fn queue(&mut self, envelope_id: &str, until: time::OffsetDateTime) {
-        if self.run_id.as_deref().is_none_or(str::is_empty) {
-            self.run_id = Some(run_id_of_envelope(envelope_id));
-        }
-        if let Ok(at) = until.format(&time::format_description::well_known::Rfc3339) {
-            self.deadline_at = Some(at);
-        }
-    }
-}
-
-impl Routed for InputRequest {}
-impl Routed for DeleteRequest {}
-impl Routed for StatusRequest {}
-impl Routed for RunnerStatusRequest {}
-impl Routed for RunnerStartRequest {}
-impl Routed for RunnerDeleteRequest {}
-
-/// Subscribes `target` to the requests of `Q` on `prefix`.
-async fn subscribe_requests<Q, A>(
-    broker: &SharedBroker,
-    spec: SubscribeSpec,
-    target: &Addr<A>,
-) -> Result<Recipient<subscription::Stop>, BrokerError>
-where
-    Q: WireRequest,
-    A: Actor<Context = Context<A>> + Handler<Incoming<Result<Q, String>>>,
-{
-    let sub = Subscription::start_decoded(
-        broker.clone(),
-        spec,
-        requests::<Q>(),
-        target.clone().recipient(),
-    )
-    .await?;
-    Ok(sub.recipient())
 }
 
 impl Router {
@@ -336,10 +277,14 @@ impl Actor for Router {
     }
 }
 
-impl<Q: Routed> Handler<Incoming<Result<Q, String>>> for Router {
+impl<Q: Routed> Handler<Incoming<Result<Q, crate::contract::Malformed>>> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming<Result<Q, String>>, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        msg: Incoming<Result<Q, crate::contract::Malformed>>,
+        ctx: &mut Self::Context,
+    ) {
         self.metrics.requests.inc();
         if let Some(ack) = &msg.meta.ack {
             // Taken: a router forwards a request at most once, so a router

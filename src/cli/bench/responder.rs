@@ -68,10 +68,14 @@ impl Actor for Responder {
     }
 }
 
-impl Handler<Incoming<Result<RunRequest, String>>> for Responder {
+impl Handler<Incoming<Result<RunRequest, crate::contract::Malformed>>> for Responder {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming<Result<RunRequest, String>>, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        msg: Incoming<Result<RunRequest, crate::contract::Malformed>>,
+        ctx: &mut Self::Context,
+    ) {
         let Ok(request) = &msg.body else { return };
         let owner = request.owner().unwrap_or("");
         let reply = WorkerReply {

@@ -3,8 +3,18 @@
 //! with the engine (Debian's dockerd 20.10 accepts at most 1.41), and
 //! `DOCKER_HOST` is honoured (`unix://` or `tcp://`).
 
-use super::FileSpec;
-use super::{
+mod body;
+mod exec;
+mod files;
+mod images;
+mod managed;
+mod networks;
+
+use body::create_body;
+use managed::label_filter;
+
+use crate::runtime::FileSpec;
+use crate::runtime::{
     labels, Attached, Chunk, ContainerRuntime, ContainerSpec, EngineInfo, ExecSpec, ExitInfo,
     Managed, OutputStream, RuntimeError,
 };
@@ -158,130 +168,6 @@ impl DockerRuntime {
     }
 }
 
-/// This process's hard limit of a resource, from `/proc/self/limits`
-/// (`Max open files`, `Max processes`).
-fn hard_limit(label: &str) -> Option<i64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with(label))?;
-    line[label.len()..].split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Podman asks for higher `nofile`/`nproc` limits than an unprivileged
-/// service may grant, and the container then fails to start. Ask for
-/// modest limits that any service can hand down (the pids limit still
-/// bounds processes).
-fn podman_ulimits() -> Vec<ResourcesUlimits> {
-    let cap = |label: &str| hard_limit(label).unwrap_or(4096).min(4096);
-    vec![
-        ResourcesUlimits {
-            name: Some("nofile".into()),
-            soft: Some(cap("Max open files").min(1024)),
-            hard: Some(cap("Max open files")),
-        },
-        ResourcesUlimits {
-            name: Some("nproc".into()),
-            soft: Some(cap("Max processes")),
-            hard: Some(cap("Max processes")),
-        },
-    ]
-}
-
-fn create_body(spec: &ContainerSpec, provider: &str) -> ContainerCreateBody {
-    let h = &spec.hardening;
-    let mut security_opt = Vec::new();
-    if h.no_new_privileges {
-        security_opt.push("no-new-privileges:true".to_owned());
-    }
-    let mut mounts: Vec<Mount> = spec
-        .mounts
-        .iter()
-        .map(|m| Mount {
-            target: Some(m.target.clone()),
-            source: Some(m.source.clone()),
-            typ: Some(MountType::BIND),
-            read_only: Some(m.read_only),
-            ..Default::default()
-        })
-        .collect();
-    mounts.extend(spec.volumes.iter().map(|target| Mount {
-        target: Some(target.clone()),
-        typ: Some(MountType::VOLUME),
-        read_only: Some(false),
-        ..Default::default()
-    }));
-    let host_config = HostConfig {
-        memory: spec.limits.memory_bytes,
-        // No swap beyond the memory limit, so the limit is real.
-        memory_swap: spec.limits.memory_bytes,
-        nano_cpus: spec.limits.nano_cpus,
-        pids_limit: spec.limits.pids,
-        cap_drop: h.drop_all_capabilities.then(|| vec!["ALL".to_owned()]),
-        security_opt: (!security_opt.is_empty()).then_some(security_opt),
-        readonly_rootfs: Some(h.read_only_root),
-        tmpfs: (!h.tmpfs.is_empty()).then(|| h.tmpfs.clone().into_iter().collect()),
-        network_mode: Some(if spec.network.is_empty() {
-            "none".to_owned()
-        } else {
-            spec.network.clone()
-        }),
-        log_config: Some(HostConfigLogConfig {
-            typ: Some("none".to_owned()),
-            config: None,
-        }),
-        mounts: (!mounts.is_empty()).then_some(mounts),
-        init: Some(false),
-        dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
-        ulimits: (provider == "podman").then(podman_ulimits),
-        ..Default::default()
-    };
-    ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
-        entrypoint: spec.entrypoint.clone(),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        working_dir: spec.workdir.clone(),
-        user: h.user.clone(),
-        labels: Some(spec.labels.clone().into_iter().collect()),
-        attach_stdin: Some(spec.stdin),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        open_stdin: Some(spec.stdin),
-        stdin_once: Some(spec.stdin),
-        tty: Some(false),
-        network_disabled: Some(spec.network == "none" || spec.network.is_empty()),
-        host_config: Some(host_config),
-        ..Default::default()
-    }
-}
-
-/// A tar archive of one file, named by its base name (it is extracted
-/// into its directory, which may be a volume under a read-only root).
-fn tar_of(file: &FileSpec) -> std::io::Result<(String, Vec<u8>)> {
-    let path = std::path::Path::new(&file.path);
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(std::io::Error::other(format!(
-            "{}: not a file path",
-            file.path
-        )));
-    };
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_mode(file.mode);
-    h.set_size(file.data.len() as u64);
-    builder.append_data(&mut h, name, file.data.as_slice())?;
-    Ok((dir.display().to_string(), builder.into_inner()?))
-}
-
-fn label_filter(worker_id: &str) -> HashMap<String, Vec<String>> {
-    HashMap::from([(
-        "label".to_owned(),
-        vec![
-            format!("{}=true", labels::MANAGED),
-            format!("{}={worker_id}", labels::WORKER_ID),
-        ],
-    )])
-}
-
 impl ContainerRuntime for DockerRuntime {
     fn provider(&self) -> &'static str {
         self.provider
@@ -304,17 +190,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     fn image_present(&self, image: &str) -> LocalBoxFuture<'static, Result<bool, RuntimeError>> {
-        let (this, image) = (self.clone(), image.to_owned());
-        async move {
-            match this.ready_client().await?.inspect_image(&image).await {
-                Ok(_) => Ok(true),
-                Err(BollardError::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => Ok(false),
-                Err(e) => Err(map_err(e)),
-            }
-        }
-        .boxed_local()
+        self.image_present_on_engine(image)
     }
 
     fn pull(
@@ -322,29 +198,7 @@ impl ContainerRuntime for DockerRuntime {
         image: &str,
         progress: Box<dyn Fn(String)>,
     ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
-        let (this, image) = (self.clone(), image.to_owned());
-        async move {
-            let client = this.ready_client().await?;
-            let options = CreateImageOptions {
-                from_image: Some(image.clone()),
-                ..Default::default()
-            };
-            let mut stream = client.create_image(Some(options), None, None);
-            while let Some(item) = stream.next().await {
-                let info = item.map_err(map_err)?;
-                if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                    return Err(RuntimeError::Engine(detail));
-                }
-                if let Some(status) = info.status {
-                    progress(match info.id {
-                        Some(id) => format!("{id}: {status}"),
-                        None => status,
-                    });
-                }
-            }
-            Ok(())
-        }
-        .boxed_local()
+        self.pull_on_engine(image, progress)
     }
 
     fn create(
@@ -514,28 +368,7 @@ impl ContainerRuntime for DockerRuntime {
         &self,
         worker_id: &str,
     ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>> {
-        let (this, worker_id) = (self.clone(), worker_id.to_owned());
-        async move {
-            let options = ListContainersOptions {
-                all: true,
-                filters: Some(label_filter(&worker_id)),
-                ..Default::default()
-            };
-            let list = this
-                .ready_client()
-                .await?
-                .list_containers(Some(options))
-                .await
-                .map_err(map_err)?;
-            Ok(list
-                .into_iter()
-                .filter_map(|c| {
-                    let labels = c.labels.unwrap_or_default();
-                    Some(Managed::from_labels(c.id?, |k| labels.get(k).cloned()))
-                })
-                .collect())
-        }
-        .boxed_local()
+        self.list_managed_on_engine(worker_id)
     }
 
     fn exec(
@@ -543,70 +376,14 @@ impl ContainerRuntime for DockerRuntime {
         id: &str,
         spec: &ExecSpec,
     ) -> LocalBoxFuture<'static, Result<(String, Attached), RuntimeError>> {
-        let (this, id, spec) = (self.clone(), id.to_owned(), spec.clone());
-        async move {
-            let client = this.ready_client().await?;
-            let config = CreateExecOptions {
-                attach_stdin: Some(spec.stdin),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                tty: Some(false),
-                env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-                cmd: Some(spec.command.clone()),
-                working_dir: spec.workdir.clone(),
-                ..Default::default()
-            };
-            let exec_id = client.create_exec(&id, config).await.map_err(map_err)?.id;
-            let started = client
-                .start_exec(
-                    &exec_id,
-                    Some(StartExecOptions {
-                        detach: false,
-                        tty: false,
-                        output_capacity: None,
-                    }),
-                )
-                .await
-                .map_err(map_err)?;
-            match started {
-                StartExecResults::Attached { output, input } => {
-                    let input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite>>> =
-                        if spec.stdin { Some(input) } else { None };
-                    Ok((
-                        exec_id,
-                        Attached {
-                            output: chunks(output),
-                            input,
-                        },
-                    ))
-                }
-                StartExecResults::Detached => {
-                    Err(RuntimeError::Engine("the exec started detached".into()))
-                }
-            }
-        }
-        .boxed_local()
+        self.exec_on_engine(id, spec)
     }
 
     fn exec_exit(
         &self,
         exec_id: &str,
     ) -> LocalBoxFuture<'static, Result<Option<i64>, RuntimeError>> {
-        let (this, exec_id) = (self.clone(), exec_id.to_owned());
-        async move {
-            let info = this
-                .ready_client()
-                .await?
-                .inspect_exec(&exec_id)
-                .await
-                .map_err(map_err)?;
-            Ok(if info.running == Some(true) {
-                None
-            } else {
-                info.exit_code
-            })
-        }
-        .boxed_local()
+        self.exec_exit_on_engine(exec_id)
     }
 
     fn create_network(
@@ -614,30 +391,7 @@ impl ContainerRuntime for DockerRuntime {
         name: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> LocalBoxFuture<'static, Result<String, RuntimeError>> {
-        let this = self.clone();
-        let request = NetworkCreateRequest {
-            name: name.to_owned(),
-            driver: Some("bridge".into()),
-            internal: Some(true),
-            labels: Some(labels.clone().into_iter().collect()),
-            // No address of the host's on the bridge: a container on it
-            // cannot reach the host's own services through a gateway.
-            options: Some(HashMap::from([(
-                "com.docker.network.bridge.inhibit_ipv4".to_owned(),
-                "true".to_owned(),
-            )])),
-            ..Default::default()
-        };
-        async move {
-            let created = this
-                .ready_client()
-                .await?
-                .create_network(request)
-                .await
-                .map_err(map_err)?;
-            Ok(created.id)
-        }
-        .boxed_local()
+        self.create_network_on_engine(name, labels)
     }
 
     fn connect_network(
@@ -645,33 +399,11 @@ impl ContainerRuntime for DockerRuntime {
         network: &str,
         container: &str,
     ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
-        let (this, network) = (self.clone(), network.to_owned());
-        let request = NetworkConnectRequest {
-            container: container.to_owned(),
-            endpoint_config: None,
-        };
-        async move {
-            this.ready_client()
-                .await?
-                .connect_network(&network, request)
-                .await
-                .map_err(map_err)
-        }
-        .boxed_local()
+        self.connect_network_on_engine(network, container)
     }
 
     fn remove_network(&self, name: &str) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
-        let (this, name) = (self.clone(), name.to_owned());
-        async move {
-            match this.ready_client().await?.remove_network(&name).await {
-                Ok(()) => Ok(()),
-                Err(BollardError::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => Ok(()),
-                Err(e) => Err(map_err(e)),
-            }
-        }
-        .boxed_local()
+        self.remove_network_on_engine(name)
     }
 
     fn network_ip(
@@ -679,54 +411,14 @@ impl ContainerRuntime for DockerRuntime {
         container: &str,
         network: &str,
     ) -> LocalBoxFuture<'static, Result<Option<String>, RuntimeError>> {
-        let (this, container, network) = (self.clone(), container.to_owned(), network.to_owned());
-        async move {
-            let info = this
-                .ready_client()
-                .await?
-                .inspect_container(
-                    &container,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await
-                .map_err(map_err)?;
-            Ok(info
-                .network_settings
-                .and_then(|n| n.networks)
-                .and_then(|n| {
-                    n.into_iter()
-                        .find(|(name, e)| {
-                            *name == network || e.network_id.as_deref() == Some(network.as_str())
-                        })
-                        .map(|(_, e)| e)
-                })
-                .and_then(|e| e.ip_address)
-                .filter(|ip| !ip.is_empty()))
-        }
-        .boxed_local()
+        self.network_ip_on_engine(container, network)
     }
 
     fn network_subnet(
         &self,
         network: &str,
     ) -> LocalBoxFuture<'static, Result<Option<String>, RuntimeError>> {
-        let (this, network) = (self.clone(), network.to_owned());
-        async move {
-            let info = this
-                .ready_client()
-                .await?
-                .inspect_network(
-                    &network,
-                    None::<bollard::query_parameters::InspectNetworkOptions>,
-                )
-                .await
-                .map_err(map_err)?;
-            Ok(info
-                .ipam
-                .and_then(|i| i.config)
-                .and_then(|c| c.into_iter().find_map(|c| c.subnet)))
-        }
-        .boxed_local()
+        self.network_subnet_on_engine(network)
     }
 
     fn upload(
@@ -734,54 +426,13 @@ impl ContainerRuntime for DockerRuntime {
         container: &str,
         files: &[FileSpec],
     ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
-        let this = self.clone();
-        let container = container.to_owned();
-        let archives: Result<Vec<_>, _> = files.iter().map(tar_of).collect();
-        async move {
-            let archives = archives.map_err(|e| RuntimeError::Engine(format!("archive: {e}")))?;
-            let client = this.ready_client().await?;
-            for (dir, archive) in archives {
-                let options = UploadToContainerOptions {
-                    path: dir,
-                    ..Default::default()
-                };
-                client
-                    .upload_to_container(
-                        &container,
-                        Some(options),
-                        bollard::body_full(bytes::Bytes::from(archive)),
-                    )
-                    .await
-                    .map_err(map_err)?;
-            }
-            Ok(())
-        }
-        .boxed_local()
+        self.upload_on_engine(container, files)
     }
 
     fn list_managed_networks(
         &self,
         worker_id: &str,
     ) -> LocalBoxFuture<'static, Result<Vec<Managed>, RuntimeError>> {
-        let (this, worker_id) = (self.clone(), worker_id.to_owned());
-        async move {
-            let options = ListNetworksOptions {
-                filters: Some(label_filter(&worker_id)),
-            };
-            let list = this
-                .ready_client()
-                .await?
-                .list_networks(Some(options))
-                .await
-                .map_err(map_err)?;
-            Ok(list
-                .into_iter()
-                .filter_map(|n| {
-                    let labels = n.labels.unwrap_or_default();
-                    Some(Managed::from_labels(n.id?, |k| labels.get(k).cloned()))
-                })
-                .collect())
-        }
-        .boxed_local()
+        self.list_managed_networks_on_engine(worker_id)
     }
 }

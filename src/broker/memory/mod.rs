@@ -22,6 +22,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use topic::{Consumer, Topic};
+
+mod topic;
 
 /// Limits of the hub.
 #[derive(Debug, Clone)]
@@ -38,42 +41,6 @@ impl Default for HubConfig {
             replay_per_name: 1000,
             replay_bytes: 64 << 20,
         }
-    }
-}
-
-struct Consumer {
-    id: u64,
-    label: String,
-    identity: Option<String>,
-    tx: mpsc::Sender<Arc<Event>>,
-}
-
-impl Consumer {
-    fn wants(&self, event: &Event) -> bool {
-        self.identity
-            .as_deref()
-            .is_none_or(|who| who == event.identity_id)
-    }
-}
-
-#[derive(Default)]
-struct Group {
-    consumers: Vec<Consumer>,
-    next: usize,
-}
-
-#[derive(Default)]
-struct Topic {
-    broadcast: Vec<Consumer>,
-    groups: HashMap<String, Group>,
-    replay: VecDeque<Arc<Event>>,
-    replay_bytes: usize,
-    last_publish: u64,
-}
-
-impl Topic {
-    fn is_idle(&self) -> bool {
-        self.broadcast.is_empty() && self.groups.is_empty() && self.replay.is_empty()
     }
 }
 
