@@ -149,10 +149,11 @@ impl Inner {
         }
     }
 
-    async fn publish_once(&self, body: &Publication) -> Result<String, BrokerError> {
+    async fn publish_once(&self, body: &Publication, key: &str) -> Result<String, BrokerError> {
         let mut resp = client()
             .post(&self.config.endpoint)
             .bearer_auth(self.token().expose())
+            .insert_header((crate::contract::IDEMPOTENCY_KEY, key))
             .timeout(self.config.request_timeout)
             .send_json(body)
             .await
@@ -320,6 +321,9 @@ impl Broker for HttpBroker {
     fn publish(&self, envelope: Envelope) -> LocalBoxFuture<'static, Result<String, BrokerError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
+            // Every attempt is the same envelope: the Events API publishes
+            // it once however many of them reach it.
+            let key = envelope.id.clone();
             let body = Publication {
                 name: envelope.name,
                 correlation_id: envelope.correlation_id,
@@ -329,7 +333,7 @@ impl Broker for HttpBroker {
             let mut delay = Duration::from_millis(100);
             let mut attempt = 1;
             loop {
-                match inner.publish_once(&body).await {
+                match inner.publish_once(&body, &key).await {
                     Ok(id) => return Ok(id),
                     Err(BrokerError::Unavailable(e)) if attempt < attempts => {
                         tracing::debug!(error = %e, attempt, "publish failed; retrying");

@@ -7,6 +7,10 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+/// The header of `POST /api/v1/events` that makes a retried publish
+/// publish once (ours; the HTTP broker sends its envelope id).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
 /// Longest event name the bus accepts.
 pub const MAX_NAME_LEN: usize = 200;
 

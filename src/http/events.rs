@@ -2,11 +2,13 @@
 //! NDJSON stream `GET /api/v1/events/stream`.
 
 use super::body::{parse_json, query_bool, query_map, read_limited};
+use super::idempotency::RecentPublishes;
 use super::ndjson::with_heartbeats;
+use super::peer::{gone, PeerFd};
 use super::ApiError;
 use crate::auth::{Acl, Identity, Verifier};
 use crate::broker::{Delivery, SharedBroker, SubscribeSpec};
-use crate::contract::{validate_name, Envelope, Publication};
+use crate::contract::{validate_name, Envelope, Publication, IDEMPOTENCY_KEY};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use std::time::Duration;
@@ -39,6 +41,7 @@ async fn publish(
     req: HttpRequest,
     payload: web::Payload,
     api: web::Data<EventsApi>,
+    recent: Option<web::Data<RecentPublishes>>,
 ) -> Result<HttpResponse, ApiError> {
     let who = bearer_identity(&req, &api.verifier)?;
     let body = read_limited(&req, payload, api.max_payload).await?;
@@ -49,7 +52,27 @@ async fn publish(
         .map_err(ApiError::forbidden)?;
     let envelope = Envelope::stamp(publication, &who.sub, who.is_service());
     let name = envelope.name.clone();
-    let id = api.broker.publish(envelope).await?;
+    let key = req
+        .headers()
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .map(str::to_owned);
+    if let (Some(key), Some(recent)) = (&key, &recent) {
+        if let Some(id) = recent.first(&who.sub, key, &envelope.id) {
+            return Ok(HttpResponse::Accepted()
+                .json(serde_json::json!({"accepted": true, "id": id, "name": name})));
+        }
+    }
+    let id = match api.broker.publish(envelope).await {
+        Ok(id) => id,
+        Err(e) => {
+            if let (Some(key), Some(recent)) = (&key, &recent) {
+                recent.forget(&who.sub, key);
+            }
+            return Err(e.into());
+        }
+    };
     Ok(
         HttpResponse::Accepted()
             .json(serde_json::json!({"accepted": true, "id": id, "name": name})),
@@ -92,7 +115,16 @@ async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpRespo
         name,
     };
     let events = api.broker.subscribe(spec).await?;
+    // The stream (and its subscription) ends the moment its client goes.
+    let departed = req.conn_data::<PeerFd>().copied();
+    let departed = async move {
+        match departed {
+            Some(fd) => gone(fd).await,
+            None => std::future::pending().await,
+        }
+    };
     let lines = events
+        .take_until(departed)
         .take_while(|item| {
             if let Err(e) = item {
                 tracing::warn!(error = %e, "events stream ended");

@@ -51,13 +51,16 @@ pub fn start_events(
     probes: probes::Probes,
     workers: usize,
 ) -> std::io::Result<Server> {
+    let recent = web::Data::new(super::idempotency::RecentPublishes::default());
     let server = HttpServer::new(move || {
         let (api, probes) = (api.clone(), probes.clone());
         App::new()
+            .app_data(recent.clone())
             .configure(|cfg| events::configure(cfg, api))
             .configure(|cfg| probes::configure(cfg, probes))
             .default_service(web::to(no_route))
     })
+    .on_connect(super::peer::remember)
     .workers(workers.max(1))
     .tcp_nodelay(true)
     .shutdown_timeout(5)

@@ -9,6 +9,7 @@ mod broker_conformance;
 mod cli_containers;
 mod cli_events;
 mod containers_api;
+mod delivery;
 mod dev_stack;
 mod docker_pool;
 mod docker_worker;
