@@ -15,6 +15,9 @@ use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The payload limit assumed until the Events API has said its own.
+const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
 /// Longest NDJSON line accepted from a stream (payload limit plus room).
 const MAX_LINE: usize = 4 << 20;
 
@@ -111,6 +114,8 @@ pub struct HttpBroker {
 
 struct Inner {
     config: HttpBrokerConfig,
+    /// The Events API's payload limit, as its responses say.
+    max_payload: std::sync::atomic::AtomicUsize,
     token: Mutex<Token>,
     health: Arc<ListenerHealth>,
 }
@@ -121,6 +126,7 @@ impl HttpBroker {
         Ok(HttpBroker {
             inner: Arc::new(Inner {
                 config,
+                max_payload: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_PAYLOAD),
                 token: Mutex::new(token),
                 health: ListenerHealth::new(),
             }),
@@ -133,6 +139,18 @@ impl HttpBroker {
 }
 
 impl Inner {
+    /// Notes the payload limit a response states.
+    fn learn(&self, head: &awc::http::header::HeaderMap) {
+        if let Some(n) = head
+            .get(crate::contract::MAX_PAYLOAD_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            self.max_payload
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn token(&self) -> Token {
         self.token.lock().expect("token lock").clone()
     }
@@ -159,6 +177,7 @@ impl Inner {
             .await
             .map_err(|e| BrokerError::Unavailable(format!("POST {}: {e}", self.config.endpoint)))?;
         let status = resp.status().as_u16();
+        self.learn(resp.headers());
         let bytes = resp
             .body()
             .limit(1 << 20)
@@ -197,6 +216,7 @@ impl Inner {
             .map_err(|e| BrokerError::Unavailable(format!("GET {url}: {e}")))?;
         let status = resp.status().as_u16();
         if status == 200 {
+            self.learn(resp.headers());
             return Ok(resp.boxed_local());
         }
         let bytes = resp.body().limit(1 << 16).await.unwrap_or_default();
@@ -398,6 +418,14 @@ impl Broker for HttpBroker {
 
     fn kind(&self) -> &'static str {
         "http"
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        Some(
+            self.inner
+                .max_payload
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }
 

@@ -162,6 +162,12 @@ pub trait Broker: Send + Sync + 'static {
     /// `Ok` while the backend can be used (for `/readyz`).
     fn ready(&self) -> Result<(), BrokerError>;
 
+    /// The largest event payload the bus carries, if it has a limit: no
+    /// publish may exceed it (a larger result travels in parts).
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
+
     /// A short name for logs and metrics: `memory`, `http`, `nats`.
     fn kind(&self) -> &'static str;
 

@@ -324,6 +324,10 @@ impl Broker for NatsBroker {
         "nats"
     }
 
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.client.max_payload()).filter(|n| *n > 0)
+    }
+
     fn durable(&self, name: &str) -> Option<Duration> {
         self.work
             .as_ref()

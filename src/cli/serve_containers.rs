@@ -2,17 +2,20 @@
 
 use super::failure::Failure;
 use super::process::{connect, hostname, stop_signal, BusArgs};
-use crate::actors::api_provider::backend::{Backend, BusBackend, StaticBackend};
+use crate::actors::api_provider::backend::{Backend, BusBackend, RunReply, StaticBackend};
 use crate::actors::api_provider::billing::{Billing, BILLING_EVENT};
 use crate::actors::api_provider::usage::Usage;
-use crate::actors::api_provider::{ApiProvider, ProviderConfig, ProviderMetrics};
+use crate::actors::api_provider::{Adopt, ApiProvider, ProviderConfig, ProviderMetrics};
 use crate::actors::bus::dispatcher::ReplyMetrics;
 use crate::actors::bus::edge::events;
 use crate::actors::bus::requester::{reply_name, Requester};
 use crate::actors::bus::subscription::Subscription;
 use crate::auth::{Secrets, Verifier, AUDIENCE_API, AUDIENCE_INTERNAL};
 use crate::broker::SubscribeSpec;
-use crate::contract::{Kind, RunOutput, RunStarted, PUBLIC_PREFIX};
+use crate::contract::{
+    Kind, ResultPart, RouterHeartbeat, RunAccepted, RunOutput, RunStarted, WorkerHeartbeat,
+    PUBLIC_PREFIX,
+};
 use crate::http::containers::ContainersApi;
 use crate::http::probes::{Probes, ReadyCheck};
 use crate::http::request_metrics::RequestMetrics;
@@ -184,13 +187,12 @@ pub async fn start(
     let addr = server::local_addr(&listener);
     let metrics = Metrics::new();
     let instance_id = opts.instance_id.clone();
-    let lost = store
-        .mark_lost(&instance_id)
+    // Runs this instance left running are asked of their workers (not
+    // simply recorded lost).
+    let left_running = store
+        .running(&instance_id)
         .await
         .map_err(|e| Failure::error(e.to_string()))?;
-    if lost > 0 {
-        tracing::warn!(lost, instance_id = %instance_id, "runs this instance left running are recorded lost");
-    }
     let retention = opts.retention;
     let prune_store = store.clone();
     actix_rt::spawn(async move {
@@ -221,21 +223,23 @@ pub async fn start(
     }
     let (backend, ready): (Backend, ReadyCheck) = match (&opts.backend, &requester) {
         (ApiBackend::Events, Some(r)) => {
-            for kind in Kind::ALL {
+            // A run's reply comes to the provider by its own subscription.
+            for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Run) {
                 r.listen(&kind.response(PUBLIC_PREFIX)).await?;
             }
             let broker = r.broker().clone();
+            let durable = broker.durable(&Kind::Run.request(PUBLIC_PREFIX)).is_some();
             let backend = BusBackend {
                 requester: r.clone(),
             }
             .start();
             (
-                Backend::of("events", backend),
+                Backend::of("events", durable, backend),
                 Arc::new(move || broker.ready().map_err(|e| e.to_string())),
             )
         }
         _ => (
-            Backend::of("static", StaticBackend.start()),
+            Backend::of("static", false, StaticBackend.start()),
             Arc::new(|| Ok(())),
         ),
     };
@@ -259,9 +263,12 @@ pub async fn start(
         default_timeout: crate::contract::DEFAULT_REQUEST_TIMEOUT,
         max_concurrent_runs: opts.max_concurrent_runs,
         output_cap: opts.output_cap_bytes,
+        accept_within: crate::contract::ACCEPT_WITHIN,
     };
-    let provider =
-        ApiProvider::new(backend, store, usage.clone(), billing, config, pmetrics).start();
+    let provider = ApiProvider::new(backend, store, usage.clone(), billing, config, pmetrics)
+        .with_bus(ready.clone());
+    let ledger = provider.ledger_health();
+    let provider = provider.start();
     if let (ApiBackend::Events, Some(r)) = (&opts.backend, &requester) {
         let spec = |event: &str| {
             SubscribeSpec::broadcast(format!("{PUBLIC_PREFIX}.{event}"))
@@ -281,6 +288,50 @@ pub async fn start(
             provider.clone().recipient(),
         )
         .await?;
+        Subscription::start_decoded(
+            r.broker().clone(),
+            spec("run.accepted"),
+            events::<RunAccepted>(),
+            provider.clone().recipient(),
+        )
+        .await?;
+        Subscription::start_decoded(
+            r.broker().clone(),
+            spec("run.result.part"),
+            events::<ResultPart>(),
+            provider.clone().recipient(),
+        )
+        .await?;
+        Subscription::start_decoded(
+            r.broker().clone(),
+            spec("run.response"),
+            Box::new(|e| {
+                Some(RunReply(crate::actors::bus::Incoming {
+                    meta: crate::actors::bus::Meta::of(&e),
+                    body: crate::contract::WorkerReply::decode(&e.payload),
+                }))
+            }),
+            provider.clone().recipient(),
+        )
+        .await?;
+        Subscription::start_decoded(
+            r.broker().clone(),
+            spec("router.heartbeat"),
+            events::<RouterHeartbeat>(),
+            provider.clone().recipient(),
+        )
+        .await?;
+        Subscription::start_decoded(
+            r.broker().clone(),
+            spec("worker.heartbeat"),
+            events::<WorkerHeartbeat>(),
+            provider.clone().recipient(),
+        )
+        .await?;
+    }
+    if !left_running.is_empty() {
+        let n = provider.send(Adopt(left_running)).await.unwrap_or(0);
+        tracing::warn!(runs = n, instance_id = %instance_id, "runs this instance left running are asked of their workers");
     }
     let api = ContainersApi {
         provider,
@@ -291,7 +342,12 @@ pub async fn start(
         wait_cap: opts.request_timeout,
     };
     let probes = Probes {
-        ready,
+        ready: Arc::new(move || {
+            if !ledger.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err("the run ledger cannot be written".into());
+            }
+            ready()
+        }),
         metrics: metrics.clone(),
     };
     let request_metrics = RequestMetrics::register(&metrics, "bus_api");

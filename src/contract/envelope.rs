@@ -11,6 +11,10 @@ use time::OffsetDateTime;
 /// publish once (ours; the HTTP broker sends its envelope id).
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
+/// The header of the Events API's responses that says its payload limit
+/// (ours), so that clients never publish more.
+pub const MAX_PAYLOAD_HEADER: &str = "X-Bus-Max-Payload";
+
 /// Longest event name the bus accepts.
 pub const MAX_NAME_LEN: usize = 200;
 

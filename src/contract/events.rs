@@ -71,3 +71,43 @@ pub struct WorkerHeartbeat {
 fn ready() -> RunnerState {
     RunnerState::Ready
 }
+
+/// `run.accepted` (ours): a worker has taken the run and will answer it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunAccepted {
+    pub run_id: String,
+    pub owner_account_id: String,
+    pub worker_id: String,
+}
+
+/// `run.recorded` (ours): the API provider has recorded the run's result;
+/// its worker may forget it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunRecorded {
+    pub run_id: String,
+    pub owner_account_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+}
+
+/// `run.result.part` (ours): one part of a result too large for one bus
+/// message — the base64 of a slice of its JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultPart {
+    pub run_id: String,
+    pub owner_account_id: String,
+    #[serde(default)]
+    pub worker_id: String,
+    pub part: u32,
+    pub parts: u32,
+    pub data_base64: String,
+}
+
+/// `router.heartbeat` (ours): a router's view of the live workers, every
+/// second on `bus.containers.router.heartbeat`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouterHeartbeat {
+    pub router_id: String,
+    #[serde(default)]
+    pub workers: Vec<WorkerHeartbeat>,
+}

@@ -14,6 +14,15 @@ pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fr
 pub const RUN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// A worker without a heartbeat for this long is gone.
 pub const WORKER_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+/// A run request without a worker's `run.accepted` this long after it
+/// was sent is answered `unavailable` (its `accept_by` is [`ACCEPT_WITHIN`]
+/// after sending; the margin covers clocks that differ a little).
+pub const ACCEPT_WITHIN: std::time::Duration = std::time::Duration::from_secs(7);
+pub const ACCEPT_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a query of a run's worker may take.
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Routers publish their view of the live workers this often.
+pub const ROUTER_HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Workers publish a heartbeat this often.
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -32,6 +41,8 @@ pub fn run_deadline(timeout_seconds: Option<i64>, cap: std::time::Duration) -> s
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Run,
+    /// Ours: what became of a run (asked of the worker holding it).
+    RunQuery,
     Input,
     Delete,
     Status,
@@ -52,8 +63,9 @@ pub enum Addressing {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Run,
+        Kind::RunQuery,
         Kind::Input,
         Kind::Delete,
         Kind::Status,
@@ -66,6 +78,7 @@ impl Kind {
     pub fn segment(self) -> &'static str {
         match self {
             Kind::Run => "run",
+            Kind::RunQuery => "run.query",
             Kind::Input => "input",
             Kind::Delete => "delete",
             Kind::Status => "status",
@@ -95,7 +108,7 @@ impl Kind {
     pub fn addressing(self) -> Addressing {
         match self {
             Kind::Run => Addressing::One,
-            Kind::Input | Kind::Delete => Addressing::Targeted,
+            Kind::Input | Kind::Delete | Kind::RunQuery => Addressing::Targeted,
             Kind::Status | Kind::RunnerStatus | Kind::RunnerStart | Kind::RunnerDelete => {
                 Addressing::Gathered
             }

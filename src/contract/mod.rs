@@ -23,7 +23,10 @@ pub mod wire;
 
 pub use envelope::*;
 pub use error::*;
-pub use events::{OutputStream, RunOutput, RunStarted, WorkerHeartbeat};
+pub use events::{
+    OutputStream, ResultPart, RouterHeartbeat, RunAccepted, RunOutput, RunRecorded, RunStarted,
+    WorkerHeartbeat,
+};
 pub use kinds::*;
 pub use replies::{decode, encode, Malformed, Reply, RunnerState, WorkerReply};
 pub use run::{RunRequest, RunResult, RunSpec};

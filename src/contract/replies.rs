@@ -169,6 +169,37 @@ pub struct InputAccepted {
     pub bytes: usize,
 }
 
+/// `run.query.request` (ours): what became of a run. Broadcast; the
+/// worker holding the run (running, or its result kept) answers, and a
+/// worker named in `worker_id` answers `unknown` when it has no such run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunQuery {
+    pub run_id: String,
+    #[serde(default)]
+    pub owner_account_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+}
+
+/// Where a queried run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunFate {
+    Running,
+    Finished,
+    Unknown,
+}
+
+/// `run.query.response`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunQueryAnswer {
+    pub run_id: String,
+    pub fate: RunFate,
+    /// With `finished`: the run's reply, as `run.response` carried it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<Reply<crate::contract::RunResult>>>,
+}
+
 /// `delete.request`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeleteRequest {

@@ -167,6 +167,11 @@ pub struct RunRequest {
     /// on a durable queue): a run still queued then is not started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_at: Option<String>,
+    /// Ours: a worker that gets the request after this (RFC 3339, its own
+    /// clock) does not start it — its requester has stopped waiting for
+    /// an acceptance. Not set on a durable queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_by: Option<String>,
 }
 
 /// Which engine ran it.
@@ -226,6 +231,11 @@ pub struct RunResult {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<RunDetails>,
+    /// Ours: this result is too large for one bus message; it travels as
+    /// this many `run.result.part` events (the whole result, in order),
+    /// and this message carries its fields without its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_parts: Option<u32>,
 }
 
 /// One decision line of a sandboxed run's egress proxy.

@@ -4,8 +4,8 @@
 //! and the API provider are generic over it where they treat kinds alike.
 
 use super::replies::{
-    DeleteRequest, Deleted, InputAccepted, InputRequest, RunnerDeleted, RunnerRequest,
-    RunnerStarted, RunnerStatusReply, StatusReply, StatusRequest,
+    DeleteRequest, Deleted, InputAccepted, InputRequest, RunFate, RunQuery, RunQueryAnswer,
+    RunnerDeleted, RunnerRequest, RunnerStarted, RunnerStatusReply, StatusReply, StatusRequest,
 };
 use super::static_answers as answers;
 use super::{Kind, Malformed, Reply, RunRequest, RunResult};
@@ -81,6 +81,31 @@ impl WireRequest for RunRequest {
             return Err(Malformed("reply has no run_id".into()));
         }
         same_owner(&reply.owner_account_id, owner)
+    }
+}
+
+impl WireRequest for RunQuery {
+    type Reply = RunQueryAnswer;
+    const KIND: Kind = Kind::RunQuery;
+
+    fn static_answer(&self, _: &str, _: &str) -> Reply<RunQueryAnswer> {
+        Reply::Ok(RunQueryAnswer {
+            run_id: self.run_id.clone(),
+            fate: RunFate::Unknown,
+            result: None,
+        })
+    }
+    fn owner(&self) -> Option<&str> {
+        nonempty_str(&self.owner_account_id)
+    }
+    fn set_owner(&mut self, owner: &str) {
+        self.owner_account_id = owner.to_owned();
+    }
+    fn worker_id(&self) -> Option<&str> {
+        nonempty(&self.worker_id)
+    }
+    fn run_id(&self) -> Option<&str> {
+        nonempty_str(&self.run_id)
     }
 }
 

@@ -8,7 +8,7 @@ use super::peer::{gone, PeerFd};
 use super::ApiError;
 use crate::auth::{Acl, Identity, Verifier};
 use crate::broker::{Delivery, SharedBroker, SubscribeSpec};
-use crate::contract::{validate_name, Envelope, Publication, IDEMPOTENCY_KEY};
+use crate::contract::{validate_name, Envelope, Publication, IDEMPOTENCY_KEY, MAX_PAYLOAD_HEADER};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use std::time::Duration;
@@ -61,6 +61,7 @@ async fn publish(
     if let (Some(key), Some(recent)) = (&key, &recent) {
         if let Some(id) = recent.first(&who.sub, key, &envelope.id) {
             return Ok(HttpResponse::Accepted()
+                .insert_header((MAX_PAYLOAD_HEADER, api.max_payload.to_string()))
                 .json(serde_json::json!({"accepted": true, "id": id, "name": name})));
         }
     }
@@ -73,10 +74,9 @@ async fn publish(
             return Err(e.into());
         }
     };
-    Ok(
-        HttpResponse::Accepted()
-            .json(serde_json::json!({"accepted": true, "id": id, "name": name})),
-    )
+    Ok(HttpResponse::Accepted()
+        .insert_header((MAX_PAYLOAD_HEADER, api.max_payload.to_string()))
+        .json(serde_json::json!({"accepted": true, "id": id, "name": name})))
 }
 
 async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpResponse, ApiError> {
@@ -149,6 +149,7 @@ async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpRespo
         .boxed_local();
     let body = with_heartbeats(lines, api.heartbeat);
     Ok(HttpResponse::Ok()
+        .insert_header((MAX_PAYLOAD_HEADER, api.max_payload.to_string()))
         .content_type("application/x-ndjson")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))

@@ -232,6 +232,31 @@ impl RunStore for KvStore {
         .boxed()
     }
 
+    fn running(&self, instance_id: &str) -> BoxFuture<'static, Result<Vec<RunRecord>, StoreError>> {
+        let (this, instance) = (self.clone(), instance_id.to_owned());
+        async move {
+            Ok(this
+                .all()
+                .await?
+                .into_iter()
+                .filter(|r| r.instance_id == instance && r.state == RunState::Running)
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        let this = self.clone();
+        async move {
+            this.kv
+                .put("health", now_rfc3339().into_bytes().into())
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+        .boxed()
+    }
+
     fn prune(&self, retention: Retention) -> BoxFuture<'static, Result<usize, StoreError>> {
         let this = self.clone();
         async move {

@@ -82,6 +82,11 @@ pub trait RunStore: Send + Sync + 'static {
     /// Marks this instance's `running` records `lost` (start-up after a
     /// crash); returns how many.
     fn mark_lost(&self, instance_id: &str) -> BoxFuture<'static, Result<usize, StoreError>>;
+    /// This instance's `running` records (start-up: each is asked of its
+    /// worker).
+    fn running(&self, instance_id: &str) -> BoxFuture<'static, Result<Vec<RunRecord>, StoreError>>;
+    /// A write that proves the ledger can record (readiness).
+    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>>;
     /// Removes finished records past the retention; returns how many.
     fn prune(&self, retention: Retention) -> BoxFuture<'static, Result<usize, StoreError>>;
 }

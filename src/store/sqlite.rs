@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, run_id);
 CREATE INDEX IF NOT EXISTS runs_instance ON runs (instance_id, state);
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 ";
 
 impl SqliteStore {
@@ -246,6 +247,30 @@ impl RunStore for SqliteStore {
                  WHERE instance_id = ?1 AND state = 'running'",
                 params![instance_id, now_rfc3339(), lost.to_string()],
             )
+            .map_err(err)
+        })
+    }
+
+    fn running(&self, instance_id: &str) -> BoxFuture<'static, Result<Vec<RunRecord>, StoreError>> {
+        let instance_id = instance_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare("SELECT * FROM runs WHERE instance_id = ?1 AND state = 'running'")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![instance_id], row_to_record)
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.call(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO health (id, at) VALUES (1, ?1)",
+                params![now_rfc3339()],
+            )
+            .map(|_| ())
             .map_err(err)
         })
     }

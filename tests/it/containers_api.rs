@@ -605,7 +605,7 @@ async fn billing_says_no_and_usage_is_recorded_in_order() {
 }
 
 #[actix_rt::test]
-async fn the_ledger_survives_a_restart_and_marks_only_its_own_runs_lost() {
+async fn the_ledger_survives_a_restart_and_only_its_own_instance_resolves_its_runs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runs.sqlite");
     let t = token("alice", ALL);
@@ -648,21 +648,31 @@ async fn the_ledger_survives_a_restart_and_marks_only_its_own_runs_lost() {
     .await;
     assert_eq!(r["state"], "running");
     other.handle.stop(false).await;
-    // ...the same instance, restarted, records it lost.
+    // ...the same instance, restarted, asks its workers about it; none
+    // ever accepted it, so it is refused (never started, never will be).
     let again = Api::start(
         instance("one"),
         Arc::new(SqliteStore::open(&path).unwrap()),
         None,
     )
     .await;
-    let (s, _, r) = call(
-        "GET",
-        &again.at(&format!("/api/v1/containers/runs/{id}")),
-        Some(&t),
-        None,
-    )
-    .await;
-    assert_eq!((s, r["state"].as_str()), (200, Some("lost")), "{r}");
+    let mut r = serde_json::Value::Null;
+    for _ in 0..60 {
+        let (s, _, got) = call(
+            "GET",
+            &again.at(&format!("/api/v1/containers/runs/{id}")),
+            Some(&t),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200);
+        r = got;
+        if r["state"] != "running" {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(r["state"].as_str(), Some("error"), "{r}");
     let (s, _, r) = call(
         "GET",
         &again.at(&format!("/api/v1/containers/runs/{id}/wait")),

@@ -100,6 +100,7 @@ proptest! {
                     owner_account_id: Some("alice".into()),
                     spec: body.spec,
                     deadline_at: None,
+                    accept_by: None,
                 };
                 let payload = serde_json::to_value(&request).unwrap();
                 prop_assert_eq!(&payload["owner_account_id"], "alice");

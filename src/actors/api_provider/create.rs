@@ -1,20 +1,20 @@
 //! Creating a run: validate → billing check → a place in the run table
 //! (the per-account limit) → the ledger record `running` → usage
-//! `container_run_requested` → the backend's run, bounded by the run's
-//! deadline → the ledger's end → usage `container_run_finished|failed` →
-//! the answer. The run goes on whatever happens to the HTTP request.
+//! `container_run_requested` → the run sent, with its accept-by time →
+//! (its fate is [`super::tracking`]'s) → the answer once its end is
+//! recorded. The run goes on whatever happens to the HTTP request.
 
-use super::backend::ask;
+use super::backend::{NotSent, Submit};
 use super::messages::{CreateRun, Created};
+use super::table::LiveRun;
 use super::{ApiProvider, ProviderError};
-use crate::contract::replies::DeleteRequest;
 use crate::contract::run::new_run_id;
 use crate::contract::{
-    encode, now_rfc3339, run_deadline, ErrorType, Reply, RunRequest, RunResult, RunState,
+    now_rfc3339, run_deadline, ErrorDetail, ErrorType, Reply, RunRequest, RunState,
 };
 use crate::store::RunRecord;
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use std::time::Instant;
 
 impl Handler<CreateRun> for ApiProvider {
     type Result = ResponseActFuture<Self, Result<Created, ProviderError>>;
@@ -30,7 +30,7 @@ impl Handler<CreateRun> for ApiProvider {
             async move { billing.check(&owner).await }
                 .into_actor(self)
                 .then(move |allowed, act, _| {
-                    let begun = allowed.and_then(|()| act.admit(&msg.owner));
+                    let begun = allowed.and_then(|()| act.admit(&msg));
                     let record = begun.as_ref().ok().map(|run_id| RunRecord {
                         run_id: run_id.clone(),
                         owner_account_id: msg.owner.clone(),
@@ -66,13 +66,9 @@ impl Handler<CreateRun> for ApiProvider {
                             msg.spec.image.clone(),
                             &act.metrics.usage_failures,
                         );
-                        let request = RunRequest {
-                            run_id: Some(run_id.clone()),
-                            owner_account_id: Some(msg.owner.clone()),
-                            spec: msg.spec,
-                            deadline_at: None,
-                        };
-                        Ok((run_id, act.drive(request, msg.owner, ctx)))
+                        let ended = act.await_end(&run_id);
+                        act.submit(&run_id, msg, ctx);
+                        Ok((run_id, ended))
                     })
                 })
                 .then(move |started, act, _| {
@@ -81,12 +77,15 @@ impl Handler<CreateRun> for ApiProvider {
                         if !wait {
                             return Ok(Created::Accepted(run_id));
                         }
-                        match ended.await {
-                            Ok(Reply::Ok(result)) => Ok(Created::Done(result)),
-                            Ok(Reply::Err(e)) => Err(ProviderError::Refused(e)),
-                            Err(_) => Err(ProviderError::unavailable(
-                                "the run's task ended without an answer",
-                            )),
+                        match ended {
+                            Some(rx) => match rx.await {
+                                Ok(Reply::Ok(result)) => Ok(Created::Done(result)),
+                                Ok(Reply::Err(e)) => Err(ProviderError::Refused(e)),
+                                Err(_) => Err(ProviderError::unavailable(
+                                    "the run's task ended without an answer",
+                                )),
+                            },
+                            None => Err(ProviderError::unavailable("the run ended unrecorded")),
                         }
                     }
                     .into_actor(act)
@@ -97,9 +96,16 @@ impl Handler<CreateRun> for ApiProvider {
 
 impl ApiProvider {
     /// A run id and a place in the run table, or 429.
-    fn admit(&mut self, owner: &str) -> Result<String, ProviderError> {
+    fn admit(&mut self, msg: &CreateRun) -> Result<String, ProviderError> {
         let run_id = new_run_id();
-        match self.begin(&run_id, owner) {
+        let deadline =
+            Instant::now() + run_deadline(msg.spec.timeout_seconds, self.config.request_timeout);
+        let corr = uuid::Uuid::new_v4().to_string();
+        let mut run = LiveRun::new(&msg.owner, corr, deadline);
+        if !self.backend.durable {
+            run.accept_by = Some(Instant::now() + self.config.accept_within);
+        }
+        match self.begin(&run_id, run) {
             Ok(()) => Ok(run_id),
             Err(n) => Err(ProviderError::RateLimited {
                 message: format!(
@@ -111,93 +117,69 @@ impl ApiProvider {
         }
     }
 
-    /// Runs `request` on the backend and records how it ended; the answer
-    /// comes on the receiver.
-    fn drive(
-        &mut self,
-        request: RunRequest,
-        owner: String,
-        ctx: &mut Context<Self>,
-    ) -> oneshot::Receiver<Reply<RunResult>> {
-        let (tx, rx) = oneshot::channel();
-        let run_id = request.run_id.clone().unwrap_or_default();
-        let deadline = run_deadline(request.spec.timeout_seconds, self.config.request_timeout);
-        let seat = self.backend.run.clone();
-        let asked = {
-            let owner = owner.clone();
-            async move { ask(&seat, request, &owner, deadline).await }
+    /// Sends a recorded run on its way. A send the bus refused ends the
+    /// run at once; one that may or may not have gone out is left to the
+    /// accept-by time (on a durable queue: withdrawn, then refused).
+    fn submit(&mut self, run_id: &str, msg: CreateRun, ctx: &mut Context<Self>) {
+        let Some(run) = self.runs.get(run_id) else {
+            return;
         };
-        ctx.spawn(asked.into_actor(self).then(move |reply, act, _| {
-            let timed_out = match &reply {
-                Ok(Reply::Err(e)) | Err(e) => e.kind == ErrorType::Timeout,
-                Ok(Reply::Ok(_)) => false,
-            };
-            let lost = timed_out.then(|| act.cancel_lost(&run_id, &owner));
-            let (store, metrics) = (act.store.clone(), act.metrics.clone());
-            let rid = run_id.clone();
-            async move {
-                let (state, result) = match (reply, lost) {
-                    (_, Some(cancel)) => cancel.await,
-                    (Ok(Reply::Ok(r)), _) if r.state == RunState::Lost => {
-                        // A redelivered request found its worker gone.
-                        let why = r.reason.clone().unwrap_or_else(|| {
-                            "the run's worker stopped mid-run; outcome unknown".into()
-                        });
-                        tracing::warn!(run_id = %rid, reason = %why, "run recorded lost");
-                        (RunState::Lost, Reply::error(ErrorType::Unavailable, why))
+        let accept_by = run.accept_by.map(|at| {
+            let left = at.saturating_duration_since(Instant::now());
+            let when = time::OffsetDateTime::now_utc() + left;
+            when.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        });
+        let request = RunRequest {
+            run_id: Some(run_id.to_owned()),
+            owner_account_id: Some(msg.owner),
+            spec: msg.spec,
+            deadline_at: None,
+            accept_by,
+        };
+        let submit = Submit {
+            request,
+            correlation_id: run.correlation_id.clone(),
+            reply_to: ctx.address().recipient(),
+        };
+        let run_id = run_id.to_owned();
+        ctx.spawn(
+            self.backend
+                .submit
+                .send(submit)
+                .into_actor(self)
+                .map(move |sent, act, ctx| {
+                    let failed = match sent {
+                        Ok(Ok(())) => return,
+                        Ok(Err(not_sent)) => not_sent,
+                        Err(_) => NotSent {
+                            error: ErrorDetail::new(ErrorType::Unavailable, "the backend stopped"),
+                            definite: false,
+                        },
+                    };
+                    if failed.definite {
+                        tracing::warn!(run_id = %run_id, error = %failed.error, "the bus refused the run");
+                        let error = match failed.error.kind {
+                            ErrorType::PayloadTooLarge => ErrorDetail::new(
+                                ErrorType::PayloadTooLarge,
+                                format!(
+                                    "the run request is larger than the bus carries: {}",
+                                    failed.error.message
+                                ),
+                            ),
+                            _ => failed.error,
+                        };
+                        act.finish(&run_id, RunState::Error, Reply::Err(error), ctx);
+                        return;
                     }
-                    (Ok(Reply::Ok(r)), _) => (r.state, Reply::Ok(r)),
-                    (Ok(Reply::Err(e)), _) | (Err(e), _) => (RunState::Error, Reply::Err(e)),
-                };
-                match store.complete(&rid, state, encode(&result)).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        metrics.late_results.inc();
-                        tracing::info!(run_id = %rid, state = %state, "result for a deleted run not recorded");
+                    tracing::warn!(run_id = %run_id, error = %failed.error, "the run may not have been sent; its acceptance decides");
+                    if act.backend.durable {
+                        // A copy may wait in the queue: withdraw it now.
+                        if let Some(run) = act.runs.get_mut(&run_id) {
+                            run.accept_by = Some(Instant::now());
+                        }
                     }
-                    Err(e) => tracing::error!(run_id = %rid, error = %e, "could not record the run's result"),
-                }
-                (state, result)
-            }
-            .into_actor(act)
-            .map(move |(state, result), act, _| {
-                act.metrics.runs.with_label_values(&[state.as_str()]).inc();
-                act.metrics.in_flight.dec();
-                act.usage
-                    .ended(&run_id, &owner, state, &result, &act.metrics.usage_failures);
-                act.end(&run_id, &result);
-                let _ = tx.send(result);
-            })
-        }));
-        rx
-    }
-
-    /// The deadline passed: cancel the run on its worker, record it lost.
-    fn cancel_lost(
-        &self,
-        run_id: &str,
-        owner: &str,
-    ) -> futures::future::LocalBoxFuture<'static, (RunState, Reply<RunResult>)> {
-        let worker = self.live_worker(run_id).flatten();
-        let (seat, timeout) = (self.backend.delete.clone(), self.config.default_timeout);
-        let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
-        Box::pin(async move {
-            if let Some(worker_id) = &worker {
-                let cancel = DeleteRequest {
-                    run_id: run_id.clone(),
-                    owner_account_id: owner.clone(),
-                    worker_id: Some(worker_id.clone()),
-                };
-                let _ = ask(&seat, cancel, &owner, timeout).await;
-            }
-            tracing::warn!(run_id = %run_id, worker = ?worker, "no result before the deadline; the run is recorded lost");
-            (
-                RunState::Lost,
-                Reply::error(
-                    ErrorType::Unavailable,
-                    "no result before the run's deadline; it was cancelled on its worker and recorded lost",
-                ),
-            )
-        })
+                }),
+        );
     }
 }

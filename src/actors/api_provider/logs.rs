@@ -1,7 +1,7 @@
-//! The run table: each run in flight on this instance — the worker it
-//! runs on (from `run.started`), its output so far (from `run.output`,
-//! kept up to the cap per stream so a late follower gets all of it), who
-//! waits for its end and who follows its log — and the logs endpoint.
+//! A run's output as this instance sees it (from `run.output`, kept up
+//! to the cap per stream so a late follower gets all of it), its start
+//! (`run.started`: the worker and the ledger learn where it runs), and
+//! the logs endpoint.
 
 use super::messages::{FollowLogs, LogChunk, LogFeed, LogItem};
 use super::{ApiProvider, ProviderError};
@@ -9,82 +9,11 @@ use crate::actors::bus::Incoming;
 use crate::contract::{OutputStream, Reply, RunOutput, RunResult, RunStarted, RunState};
 use actix::prelude::*;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Room in a follower's channel: everything a run may still print plus
 /// its exit.
 const FOLLOWER_ROOM: usize = 4096;
-
-/// One run in flight here.
-pub(super) struct LiveRun {
-    pub owner: String,
-    pub worker_id: Option<String>,
-    chunks: Vec<LogChunk>,
-    bytes: [usize; 2],
-    followers: Vec<mpsc::Sender<LogItem>>,
-    waiters: Vec<oneshot::Sender<Reply<RunResult>>>,
-}
-
-impl ApiProvider {
-    /// Registers a run unless its account is at the concurrent-run limit
-    /// (`Err` with how many it has).
-    pub(super) fn begin(&mut self, run_id: &str, owner: &str) -> Result<(), usize> {
-        let limit = self.config.max_concurrent_runs;
-        let n = self.runs.values().filter(|r| r.owner == owner).count();
-        if limit > 0 && n >= limit {
-            return Err(n);
-        }
-        self.runs.insert(
-            run_id.to_owned(),
-            LiveRun {
-                owner: owner.to_owned(),
-                worker_id: None,
-                chunks: Vec::new(),
-                bytes: [0, 0],
-                followers: Vec::new(),
-                waiters: Vec::new(),
-            },
-        );
-        Ok(())
-    }
-
-    /// The run ended (or was deleted): waiters and followers get `result`.
-    pub(super) fn end(&mut self, run_id: &str, result: &Reply<RunResult>) {
-        if let Some(run) = self.runs.remove(run_id) {
-            for w in run.waiters {
-                let _ = w.send(result.clone());
-            }
-            for f in run.followers {
-                let _ = f.try_send(LogItem::Exit(result.clone()));
-            }
-        }
-    }
-
-    /// Waits for a live run's end: `None` when the run is not live here.
-    pub(super) fn await_end(
-        &mut self,
-        run_id: &str,
-    ) -> Option<oneshot::Receiver<Reply<RunResult>>> {
-        let run = self.runs.get_mut(run_id)?;
-        let (tx, rx) = oneshot::channel();
-        run.waiters.push(tx);
-        Some(rx)
-    }
-
-    /// The worker of a live run, as `run.started` told this instance.
-    pub(super) fn live_worker(&self, run_id: &str) -> Option<Option<String>> {
-        self.runs.get(run_id).map(|r| r.worker_id.clone())
-    }
-
-    /// Whether a run event is about a live run of the owner it names
-    /// (run events come from the router or a worker: services only).
-    fn live_run(&mut self, meta_service: bool, run_id: &str, owner: &str) -> Option<&mut LiveRun> {
-        if !meta_service {
-            return None;
-        }
-        self.runs.get_mut(run_id).filter(|r| r.owner == owner)
-    }
-}
 
 impl Handler<Incoming<RunStarted>> for ApiProvider {
     type Result = ();
@@ -97,7 +26,7 @@ impl Handler<Incoming<RunStarted>> for ApiProvider {
         let Some(run) = self.live_run(msg.meta.service, &e.run_id, &e.owner_account_id) else {
             return;
         };
-        run.worker_id = Some(e.worker_id.clone());
+        run.accepted(&e.worker_id);
         let store = self.store.clone();
         ctx.spawn(
             async move {
@@ -119,19 +48,15 @@ impl Handler<Incoming<RunOutput>> for ApiProvider {
         let Some(run) = self.live_run(msg.meta.service, &e.run_id, &e.owner_account_id) else {
             return;
         };
-        let i = e.stream.index();
-        if run.bytes[i] >= cap {
+        if !run.takes_output(e.stream, e.data.len(), cap) {
             return;
         }
-        run.bytes[i] += e.data.len();
         let chunk = LogChunk {
             seq: e.seq,
             stream: e.stream,
             data: e.data,
         };
-        run.followers
-            .retain(|f| f.try_send(LogItem::Chunk(chunk.clone())).is_ok());
-        run.chunks.push(chunk);
+        run.push_chunk(chunk);
     }
 }
 
@@ -178,8 +103,7 @@ impl Handler<FollowLogs> for ApiProvider {
                     return Ok(LogFeed { so_far, rest: None });
                 }
                 let (tx, rx) = mpsc::channel(FOLLOWER_ROOM);
-                run.followers.retain(|f| !f.is_closed());
-                run.followers.push(tx);
+                run.follow(tx);
                 return Ok(LogFeed {
                     so_far,
                     rest: Some(rx),

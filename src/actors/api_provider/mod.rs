@@ -20,16 +20,22 @@
 //! provider, or a mock); failures are one [`error::ProviderError`].
 //! Everything a request needs runs on this actor's arbiter.
 
+mod adopt;
 pub mod backend;
 pub mod billing;
 mod create;
 pub mod error;
+mod ledger;
+mod liveness;
 pub mod logs;
+pub use adopt::Adopt;
 pub mod messages;
 mod runs;
 mod status;
+mod table;
 #[cfg(test)]
 mod tests;
+mod tracking;
 pub mod usage;
 
 use crate::metrics::Metrics;
@@ -37,10 +43,12 @@ use crate::store::SharedStore;
 use actix::prelude::*;
 use backend::Backend;
 use billing::Billing;
-use logs::LiveRun;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
+use table::LiveRun;
 use usage::Usage;
 
 pub use error::ProviderError;
@@ -57,6 +65,9 @@ pub struct ProviderConfig {
     pub max_concurrent_runs: usize,
     /// Output kept per run and stream for log followers.
     pub output_cap: usize,
+    /// A run must be accepted by a worker this soon (its `accept_by`);
+    /// `contract::ACCEPT_WITHIN` but in tests.
+    pub accept_within: Duration,
 }
 
 /// Counters of the provider.
@@ -101,7 +112,20 @@ pub struct ApiProvider {
     metrics: ProviderMetrics,
     /// The runs in flight on this instance.
     runs: HashMap<String, LiveRun>,
+    /// Which workers are alive, as heartbeats say.
+    liveness: liveness::Liveness,
+    /// The ledger takes writes (for `/readyz`).
+    ledger_health: Arc<AtomicBool>,
+    /// This provider's bus connection is up.
+    bus_ready: crate::http::probes::ReadyCheck,
+    /// Runs ended here lately (owner, worker), to acknowledge a result
+    /// sent again.
+    ended: HashMap<String, (String, Option<String>)>,
+    ended_order: VecDeque<String>,
 }
+
+/// How many ended runs are remembered.
+const END_REMEMBERED: usize = 16_384;
 
 impl ApiProvider {
     pub fn new(
@@ -120,7 +144,24 @@ impl ApiProvider {
             config,
             metrics,
             runs: HashMap::new(),
+            liveness: Default::default(),
+            ledger_health: Arc::new(AtomicBool::new(true)),
+            bus_ready: Arc::new(|| Ok(())),
+            ended: HashMap::new(),
+            ended_order: VecDeque::new(),
         }
+    }
+
+    /// Judges its bus connection by `ready` (a worker's silence means
+    /// something only while it is up).
+    pub fn with_bus(mut self, ready: crate::http::probes::ReadyCheck) -> Self {
+        self.bus_ready = ready;
+        self
+    }
+
+    /// Whether the ledger takes writes (shared with `/readyz`).
+    pub fn ledger_health(&self) -> Arc<AtomicBool> {
+        self.ledger_health.clone()
     }
 }
 
@@ -129,5 +170,12 @@ impl Actor for ApiProvider {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(std::time::Duration::from_millis(500), |act, ctx| {
+            act.check_runs(ctx)
+        });
+        ctx.run_interval(ledger::PROBE_EVERY, |act, ctx| {
+            let ledger = ledger::Ledger::new(act.store.clone(), act.ledger_health.clone());
+            ctx.spawn(async move { ledger.probe().await }.into_actor(act));
+        });
     }
 }

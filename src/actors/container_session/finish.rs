@@ -133,6 +133,7 @@ impl ContainerSession {
             profile: self.plan.profile.clone(),
             reason: None,
             details: None,
+            result_parts: None,
         }
     }
 

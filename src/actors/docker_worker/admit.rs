@@ -8,10 +8,20 @@ use crate::actors::bus::Incoming;
 use crate::actors::container_session::SessionContext;
 use crate::actors::warm_pool;
 use crate::broker::run_id_of_envelope;
-use crate::contract::{now_rfc3339, ErrorType, Kind, Reply, RunRequest, RunResult, RunnerState};
+use crate::contract::{
+    encode, now_rfc3339, ErrorType, Kind, Publication, Reply, RunAccepted, RunRequest, RunResult,
+    RunnerState,
+};
 use crate::planning::{plan_run, RunPlan};
 use actix::prelude::*;
 use std::time::Duration;
+
+/// Whether an RFC 3339 time is past (on this host's clock).
+fn past(at: Option<&str>) -> bool {
+    let rfc = &time::format_description::well_known::Rfc3339;
+    at.and_then(|t| time::OffsetDateTime::parse(t, rfc).ok())
+        .is_some_and(|t| time::OffsetDateTime::now_utc() > t)
+}
 
 impl Handler<Incoming<Result<RunRequest, crate::contract::Malformed>>> for DockerWorker {
     type Result = ();
@@ -59,10 +69,40 @@ impl DockerWorker {
             // Every delivery of this request must name the same run.
             request.run_id = Some(run_id_of_envelope(&meta.id));
         }
+        // Every copy of a run (a retried publish, a redelivery, a second
+        // router's forward) is that run: it waits for its one result.
+        if let (Some(run_id), Some(c)) = (request.run_id.clone(), corr.as_deref()) {
+            match self.join_copy(&run_id, &owner, c, ctx) {
+                Some(Ok(())) => {
+                    if let Some(ack) = &ack {
+                        settle("acknowledge a durable request", ack.done());
+                    }
+                    return;
+                }
+                Some(Err(())) => {
+                    let reply = Reply::error(
+                        ErrorType::Forbidden,
+                        format!("run {run_id} belongs to another account"),
+                    );
+                    return self.answer(corr, reply, ack, ctx);
+                }
+                None => {}
+            }
+        }
         let plan = match plan_run(&request, &owner, &self.config.settings) {
             Ok(p) => p,
             Err(e) => return self.answer(corr, Reply::Err(e), ack, ctx),
         };
+        if ack.is_none() && past(request.accept_by.as_deref()) {
+            // Its requester has stopped waiting for an acceptance (and
+            // answered it `unavailable`): it must never run.
+            tracing::warn!(run_id = %plan.run_id, accept_by = ?request.accept_by, "a run request came after its accept-by time; not starting it");
+            let reply = Reply::error(
+                ErrorType::Unavailable,
+                "the run request reached the worker after its accept-by time; it was not started",
+            );
+            return self.answer(corr, reply, None, ctx);
+        }
         let busy = if self.stopping {
             Some("the worker is stopping".to_owned())
         } else if self.state() == RunnerState::Unavailable {
@@ -89,13 +129,6 @@ impl DockerWorker {
         }
         match ack {
             Some(ack) => self.claim_run(&meta, &request, plan, owner, corr, ack, ctx),
-            None if self.sessions.contains_key(&plan.run_id) => {
-                let reply = Reply::error(
-                    ErrorType::BadRequest,
-                    format!("run {} is already running", plan.run_id),
-                );
-                self.answer(corr, reply, None, ctx)
-            }
             None => self.start_session(plan, owner, corr, None, ctx),
         }
     }
@@ -151,13 +184,28 @@ impl DockerWorker {
         };
         let run_id = plan.run_id.clone();
         tracing::info!(run_id = %run_id, owner = %owner, image = %plan.image, durable = task.is_some(), pooled = pooled.is_some(), "run accepted");
+        let accepted = RunAccepted {
+            run_id: run_id.clone(),
+            owner_account_id: owner.clone(),
+            worker_id: self.config.worker_id().to_owned(),
+        };
+        let publication = Publication::new(
+            format!("{}.run.accepted", self.config.prefix),
+            encode(&accepted),
+        );
+        let publisher = self.publisher.clone();
+        actix_rt::spawn(async move {
+            if let Err(e) = publisher.publish(publication).await {
+                tracing::debug!(error = %e, "run.accepted not published");
+            }
+        });
         let seat = (self.config.seats.session)(plan, cx, ctx.address().recipient(), pooled);
         self.sessions.insert(
             run_id,
             Live {
                 seat,
                 owner,
-                correlation_id: corr,
+                correlation_ids: corr.into_iter().collect(),
                 started_at: now_rfc3339(),
                 container_id: None,
                 task,

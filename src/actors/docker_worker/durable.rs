@@ -67,7 +67,12 @@ fn past_deadline(meta: &Meta, request: &RunRequest, plan: &RunPlan) -> bool {
 /// revision meanwhile: then the claim is read again, and written if it is
 /// still this process's and not done. `false` when another worker
 /// recorded the run lost first (its answer is out: this one is not sent).
-async fn mark_done(broker: &SharedBroker, key: &str, record: &ClaimRecord, revision: u64) -> bool {
+pub(super) async fn mark_done(
+    broker: &SharedBroker,
+    key: &str,
+    record: &ClaimRecord,
+    revision: u64,
+) -> bool {
     let done = ClaimRecord {
         done: true,
         ..record.clone()
@@ -306,7 +311,8 @@ impl DockerWorker {
                 Ok(Some(_)) => {
                     tracing::warn!(run_id = %held.run_id, worker_id = %held.holder, "a claimed run's worker is gone; recorded lost (never re-run)");
                     let task = Task { ack, claim: None };
-                    act.reply_then(Kind::Run, corr, reply, Some(task), ctx);
+                    let corrs = corr.into_iter().collect();
+                    act.finish_run(held.run_id.clone(), owner, corrs, reply, Some(task), ctx);
                 }
                 // It moved after all: its worker lives.
                 Ok(None) => settle(

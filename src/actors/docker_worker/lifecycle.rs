@@ -67,12 +67,20 @@ impl Handler<Shutdown> for DockerWorker {
                 r.stopped.do_send(runner::MarkStopped);
             }
             // Wait (bounded) for the cancelled sessions to remove their
-            // containers, then empty the warm pool.
+            // containers and, a little longer, for their results to be
+            // recorded; then empty the warm pool.
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             let mut done = false;
+            let mut idle_since = None;
             ctx.run_interval(Duration::from_millis(50), move |act, ctx| {
                 let idle = act.sessions.is_empty() && act.settles == 0 && act.pending == 0;
-                if done || !(idle || std::time::Instant::now() >= deadline) {
+                let now = std::time::Instant::now();
+                if idle && idle_since.is_none() {
+                    idle_since = Some(now);
+                }
+                let recorded = act.retained.is_empty()
+                    || idle_since.is_some_and(|t| now - t >= Duration::from_secs(5));
+                if done || !(idle && recorded || now >= deadline) {
                     return;
                 }
                 done = true;

@@ -24,12 +24,13 @@ mod admit;
 mod durable;
 mod lifecycle;
 mod per_run;
+mod results;
 mod runner_requests;
 pub mod seats;
 #[cfg(test)]
 mod tests;
 
-use crate::actors::bus::edge::requests;
+use crate::actors::bus::edge::{events, requests};
 use crate::actors::bus::requester::Requester;
 use crate::actors::bus::subscription::{self, Subscription};
 use crate::actors::bus::Incoming;
@@ -37,11 +38,11 @@ use crate::actors::container_session::SessionNote;
 use crate::actors::runner::{ListLive, RunnerConfig};
 use crate::actors::warm_pool::{self, PoolConfig};
 use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
-use crate::contract::replies::{DeleteRequest, InputRequest, StatusRequest};
+use crate::contract::replies::{DeleteRequest, InputRequest, RunQuery, StatusRequest};
 use crate::contract::wire::{RunnerDeleteRequest, RunnerStartRequest, RunnerStatusRequest};
 use crate::contract::{
-    now_rfc3339, Kind, Reply, RunRequest, RunnerState, WireRequest, WorkerReply, HEARTBEAT_EVERY,
-    WORKER_GROUP,
+    now_rfc3339, Kind, Reply, RunRecorded, RunRequest, RunnerState, WireRequest, WorkerReply,
+    HEARTBEAT_EVERY, WORKER_GROUP,
 };
 use crate::planning::WorkerSettings;
 use crate::runtime::SharedRuntime;
@@ -75,6 +76,8 @@ pub struct WorkerConfig {
     pub reap_every: Duration,
     /// Where its helpers sit (real actors unless a test seats mocks).
     pub seats: Seats,
+    /// How long a final result is kept for the API provider to record.
+    pub result_retention: Duration,
 }
 
 impl WorkerConfig {
@@ -87,6 +90,7 @@ impl WorkerConfig {
             ping_every: Duration::from_secs(10),
             reap_every: Duration::from_secs(60),
             seats: Seats::real(),
+            result_retention: Duration::from_secs(600),
         }
     }
 
@@ -99,7 +103,8 @@ impl WorkerConfig {
 struct Live {
     seat: SessionSeat,
     owner: String,
-    correlation_id: Option<String>,
+    /// Everyone who asked for this run (a retry, a redelivery).
+    correlation_ids: Vec<String>,
     started_at: String,
     container_id: Option<String>,
     task: Option<Task>,
@@ -111,6 +116,8 @@ pub struct DockerWorker {
     engine: Engine,
     publisher: Requester,
     sessions: HashMap<String, Live>,
+    /// Final results kept until the API provider has recorded them.
+    retained: HashMap<String, results::Retained>,
     /// Runs being claimed or given a pooled container (they count
     /// against capacity).
     pending: usize,
@@ -190,6 +197,7 @@ impl DockerWorker {
             engine,
             publisher,
             sessions: HashMap::new(),
+            retained: HashMap::new(),
             pending: 0,
             durable,
             instance,
@@ -222,6 +230,16 @@ impl DockerWorker {
             subscribe::<RunnerStatusRequest>(&broker, spec(Kind::RunnerStatus), &addr).await?,
             subscribe::<RunnerStartRequest>(&broker, spec(Kind::RunnerStart), &addr).await?,
             subscribe::<RunnerDeleteRequest>(&broker, spec(Kind::RunnerDelete), &addr).await?,
+            subscribe::<RunQuery>(&broker, spec(Kind::RunQuery), &addr).await?,
+            Subscription::start_decoded(
+                broker.clone(),
+                SubscribeSpec::broadcast(format!("{prefix}.run.recorded"))
+                    .consumer(worker_id.clone()),
+                events::<RunRecorded>(),
+                addr.clone().recipient(),
+            )
+            .await?
+            .recipient(),
         ];
         addr.do_send(Subscribed(subs));
         Ok(addr)
@@ -376,6 +394,7 @@ impl Actor for DockerWorker {
             );
         }
         self.start_heartbeats(ctx);
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.resend_due(ctx));
         if let Some(ack_wait) = self.durable {
             ctx.run_interval(ack_wait / 3, |act, ctx| act.keep_alive(ctx));
         }
@@ -414,7 +433,14 @@ impl Handler<SessionNote> for DockerWorker {
             }
             SessionNote::Finished { run_id, reply } => {
                 if let Some(live) = self.sessions.remove(&run_id) {
-                    self.reply_then(Kind::Run, live.correlation_id, reply, live.task, ctx);
+                    self.finish_run(
+                        run_id,
+                        live.owner,
+                        live.correlation_ids,
+                        reply,
+                        live.task,
+                        ctx,
+                    );
                 }
             }
         }

@@ -7,7 +7,9 @@ use super::merge::{Gathered, Part};
 use super::workers::LiveSet;
 use crate::actors::bus::requester::{Request, Requester};
 use crate::actors::bus::waiter::{Expect, Outcome};
-use crate::contract::{Addressing, ErrorDetail, ErrorType, Reply, WorkerReply, WORKER_TTL};
+use crate::contract::{
+    encode, Addressing, ErrorDetail, ErrorType, Publication, Reply, WorkerReply, WORKER_TTL,
+};
 use prometheus::IntCounter;
 use std::time::Duration;
 
@@ -23,15 +25,19 @@ pub(super) struct Forward<Q> {
     pub live: LiveSet,
     /// A durable run: it waits in the work queue for a worker.
     pub durable: bool,
+    /// The public request's correlation id: a run goes on under it, and
+    /// its worker answers the requester through the router's relay.
+    pub correlation_id: String,
 }
 
 impl<Q: Gathered> Forward<Q> {
-    /// The reply, with the worker that answered (when one did alone).
-    pub async fn run(mut self) -> WorkerReply<Q::Reply> {
+    /// The reply, with the worker that answered (when one did alone);
+    /// `None` when the request went on to a worker, which answers itself.
+    pub async fn run(mut self) -> Option<WorkerReply<Q::Reply>> {
         match Q::KIND.addressing() {
             Addressing::One => self.one().await,
-            Addressing::Targeted => self.targeted().await,
-            Addressing::Gathered => unsigned(self.gathered().await),
+            Addressing::Targeted => Some(self.targeted().await),
+            Addressing::Gathered => Some(unsigned(self.gathered().await)),
         }
     }
 
@@ -39,7 +45,11 @@ impl<Q: Gathered> Forward<Q> {
         Request::of(&self.prefix, &self.body, self.deadline).expect(expect)
     }
 
-    async fn one(&mut self) -> WorkerReply<Q::Reply> {
+    /// A run: forwarded under its own correlation id, no waiter here — so
+    /// a router that restarts loses nothing: whichever router relays the
+    /// worker's answer (and every copy the worker sends again) reaches
+    /// the requester.
+    async fn one(&mut self) -> Option<WorkerReply<Q::Reply>> {
         let mut any_worker = !self.live.live.is_empty() || self.durable;
         if !any_worker {
             if let Some((left, mut known)) = self.live.discovery.take() {
@@ -51,17 +61,24 @@ impl<Q: Gathered> Forward<Q> {
         if !any_worker {
             // Nobody would take it: a run on this bus is not queued (on
             // NATS with JetStream, it is: see `durable`).
-            return unsigned(Reply::error(
+            return Some(unsigned(Reply::error(
                 ErrorType::Unavailable,
                 format!(
                     "no live worker on {} (no heartbeat for {}s)",
                     self.prefix,
                     WORKER_TTL.as_secs()
                 ),
-            ));
+            )));
         }
-        let out = self.requester.request(self.request(Expect::First)).await;
-        self.single(out, ErrorType::Timeout)
+        let publication = Publication::new(Q::KIND.request(&self.prefix), encode(&self.body))
+            .with_correlation(self.correlation_id.clone());
+        match self.requester.publish(publication).await {
+            Ok(_) => None,
+            Err(e) => Some(unsigned(Reply::error(
+                ErrorType::Unavailable,
+                format!("could not forward the run: {e}"),
+            ))),
+        }
     }
 
     async fn targeted(&mut self) -> WorkerReply<Q::Reply> {

@@ -43,6 +43,12 @@ impl Gathered for RunRequest {
     }
 }
 
+impl Gathered for crate::contract::replies::RunQuery {
+    fn merge(parts: Vec<Part<Self::Reply>>, _: &[String], _: &str) -> Reply<Self::Reply> {
+        first(parts)
+    }
+}
+
 impl Gathered for InputRequest {
     fn merge(parts: Vec<Part<Self::Reply>>, _: &[String], _: &str) -> Reply<Self::Reply> {
         first(parts)

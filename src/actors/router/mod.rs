@@ -30,11 +30,12 @@ use crate::actors::bus::requester::{BusIdentity, Requester};
 use crate::actors::bus::subscription::{self, Subscription};
 use crate::actors::bus::Incoming;
 use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
-use crate::contract::replies::{DeleteRequest, InputRequest, StatusRequest};
+use crate::contract::replies::{DeleteRequest, InputRequest, RunQuery, StatusRequest};
 use crate::contract::wire::{RunnerDeleteRequest, RunnerStartRequest, RunnerStatusRequest};
 use crate::contract::{
-    encode, ErrorType, Kind, Publication, Reply, RunOutput, RunRequest, RunStarted,
-    WorkerHeartbeat, WorkerReply, DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX, ROUTER_GROUP, WORKER_TTL,
+    encode, ErrorType, Kind, Publication, Reply, ResultPart, RouterHeartbeat, RunAccepted,
+    RunOutput, RunRecorded, RunRequest, RunResult, RunStarted, WorkerHeartbeat, WorkerReply,
+    DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX, ROUTER_GROUP, ROUTER_HEARTBEAT_EVERY, WORKER_TTL,
 };
 use crate::metrics::Metrics;
 use actix::prelude::*;
@@ -102,6 +103,33 @@ impl RouterMetrics {
     }
 }
 
+impl Router {
+    /// Says that this router lives, and which workers it knows are alive
+    /// (`bus.containers.router.heartbeat`): the API provider tells a
+    /// departed worker from a broken path by it.
+    fn heartbeat(&self) {
+        let (registry, requester, router_id) = (
+            self.registry.clone(),
+            self.requester.clone(),
+            self.router_id.clone(),
+        );
+        actix_rt::spawn(async move {
+            let Ok(live) = registry.send(Live).await else {
+                return;
+            };
+            let beat = RouterHeartbeat {
+                router_id,
+                workers: live.beats,
+            };
+            let publication =
+                Publication::new(format!("{PUBLIC_PREFIX}.router.heartbeat"), encode(&beat));
+            if let Err(e) = requester.publish(publication).await {
+                tracing::debug!(error = %e, "router heartbeat not published");
+            }
+        });
+    }
+}
+
 /// Stops the router and its subscriptions; in-flight forwards are dropped
 /// (their requesters time out).
 #[derive(Message)]
@@ -130,6 +158,8 @@ pub struct Router {
     subscriptions: Vec<Recipient<subscription::Stop>>,
     /// `run.started`/`run.output` to republish, in arrival order.
     relay: Relay,
+    /// This router (its bus identity and a fresh id per start).
+    router_id: String,
 }
 
 impl Router {
@@ -188,6 +218,11 @@ impl Router {
             registry,
             subscriptions: Vec::new(),
             relay: Relay::start(requester.clone(), 4096),
+            router_id: format!(
+                "{}-{}",
+                requester.identity().sub,
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
         }
         .start();
         let public = |k: Kind| {
@@ -216,6 +251,7 @@ impl Router {
                 &router,
             )
             .await?,
+            subscribe_requests::<RunQuery, _>(&broker, public(Kind::RunQuery), &router).await?,
         ];
         if let RouterBackend::Events { prefix } = &config.backend {
             let event = |name: &str| {
@@ -237,7 +273,49 @@ impl Router {
             .await?;
             subs.push(started.recipient());
             subs.push(output.recipient());
-            for k in Kind::ALL {
+            let accepted = Subscription::start_decoded(
+                broker.clone(),
+                event("run.accepted"),
+                events::<RunAccepted>(),
+                router.clone().recipient(),
+            )
+            .await?;
+            let parts = Subscription::start_decoded(
+                broker.clone(),
+                event("run.result.part"),
+                events::<ResultPart>(),
+                router.clone().recipient(),
+            )
+            .await?;
+            // Runs are answered by their worker under the public request's
+            // correlation id; whichever router takes the answer relays it.
+            let results = Subscription::start_decoded(
+                broker.clone(),
+                event("run.response"),
+                Box::new(|e| {
+                    Some(RunAnswer(Incoming {
+                        meta: crate::actors::bus::Meta::of(&e),
+                        body: WorkerReply::<RunResult>::decode(&e.payload),
+                    }))
+                }),
+                router.clone().recipient(),
+            )
+            .await?;
+            let recorded = Subscription::start_decoded(
+                broker.clone(),
+                SubscribeSpec::unicast(format!("{PUBLIC_PREFIX}.run.recorded"), ROUTER_GROUP)
+                    .consumer("router"),
+                events::<RunRecorded>(),
+                router.clone().recipient(),
+            )
+            .await?;
+            subs.extend([
+                accepted.recipient(),
+                parts.recipient(),
+                results.recipient(),
+                recorded.recipient(),
+            ]);
+            for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Run) {
                 requester.listen(&k.response(prefix)).await?;
             }
         }
@@ -252,8 +330,17 @@ impl Router {
         msg: Incoming<T>,
         ctx: &mut Context<Self>,
     ) {
-        let mut publication =
-            Publication::new(format!("{PUBLIC_PREFIX}.{name}"), encode(&msg.body));
+        self.relay_as(format!("{PUBLIC_PREFIX}.{name}"), msg, ctx)
+    }
+
+    /// Publishes `msg` as `name`, in order with the other relayed events.
+    fn relay_as<T: serde::Serialize>(
+        &mut self,
+        name: String,
+        msg: Incoming<T>,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut publication = Publication::new(name, encode(&msg.body));
         publication.correlation_id = msg.meta.correlation_id;
         if let Err(publication) = self.relay.try_send(publication) {
             // Hold further deliveries until the relay has room.
@@ -268,6 +355,7 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
+        ctx.run_interval(ROUTER_HEARTBEAT_EVERY, |act, _| act.heartbeat());
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -302,6 +390,7 @@ impl<Q: Routed> Handler<Incoming<Result<Q, crate::contract::Malformed>>> for Rou
             return;
         };
         let requester = self.requester.clone();
+        let forwarded_as = correlation_id.clone();
         let answer = move |reply: WorkerReply<Q::Reply>| {
             let publication = Publication::new(Q::KIND.response(PUBLIC_PREFIX), reply.to_payload())
                 .with_correlation(correlation_id);
@@ -364,15 +453,18 @@ impl<Q: Routed> Handler<Incoming<Result<Q, crate::contract::Malformed>>> for Rou
                             deadline,
                             live,
                             durable,
+                            correlation_id: forwarded_as,
                         };
                         forward.run().await
                     }
-                    Err(_) => unsigned(Reply::error(
+                    Err(_) => Some(unsigned(Reply::error(
                         ErrorType::Unavailable,
                         "the router is stopping",
-                    )),
+                    ))),
                 };
-                answer(reply).await;
+                if let Some(reply) = reply {
+                    answer(reply).await;
+                }
             }
             .into_actor(self),
         );
@@ -390,6 +482,63 @@ impl Handler<Incoming<RunOutput>> for Router {
     type Result = ();
     fn handle(&mut self, msg: Incoming<RunOutput>, ctx: &mut Self::Context) {
         self.relay("run.output", msg, ctx);
+    }
+}
+
+impl Handler<Incoming<RunAccepted>> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Incoming<RunAccepted>, ctx: &mut Self::Context) {
+        self.relay("run.accepted", msg, ctx);
+    }
+}
+
+impl Handler<Incoming<ResultPart>> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Incoming<ResultPart>, ctx: &mut Self::Context) {
+        self.relay("run.result.part", msg, ctx);
+    }
+}
+
+/// A worker's answer to a run, to relay under its correlation id.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunAnswer(pub Incoming<Result<WorkerReply<RunResult>, crate::contract::Malformed>>);
+
+impl Handler<RunAnswer> for Router {
+    type Result = ();
+    fn handle(&mut self, RunAnswer(msg): RunAnswer, ctx: &mut Self::Context) {
+        if msg.meta.correlation_id.is_none() {
+            return;
+        }
+        let reply = match msg.body {
+            Ok(reply) => reply,
+            Err(why) => {
+                self.metrics.malformed.inc();
+                tracing::warn!(reason = %why, "malformed run reply relayed as such");
+                unsigned(Reply::error(
+                    ErrorType::MalformedResponse,
+                    format!("malformed backend reply: {why}"),
+                ))
+            }
+        };
+        let mut publication =
+            Publication::new(Kind::Run.response(PUBLIC_PREFIX), reply.to_payload());
+        publication.correlation_id = msg.meta.correlation_id;
+        if let Err(publication) = self.relay.try_send(publication) {
+            let relay = self.relay.clone();
+            ctx.wait(async move { relay.send(publication).await }.into_actor(self));
+        }
+    }
+}
+
+impl Handler<Incoming<RunRecorded>> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Incoming<RunRecorded>, ctx: &mut Self::Context) {
+        let RouterBackend::Events { prefix } = &self.config.backend else {
+            return;
+        };
+        let name = format!("{prefix}.run.recorded");
+        self.relay_as(name, msg, ctx);
     }
 }
 

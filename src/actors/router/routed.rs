@@ -8,9 +8,9 @@ use crate::actors::bus::edge::requests;
 use crate::actors::bus::subscription::{self, Subscription};
 use crate::actors::bus::Incoming;
 use crate::broker::{run_id_of_envelope, BrokerError, SharedBroker, SubscribeSpec};
-use crate::contract::replies::{DeleteRequest, InputRequest, StatusRequest};
+use crate::contract::replies::{DeleteRequest, InputRequest, RunQuery, StatusRequest};
 use crate::contract::wire::{RunnerDeleteRequest, RunnerStartRequest, RunnerStatusRequest};
-use crate::contract::{run_deadline, Reply, RunRequest, WireRequest, WorkerReply};
+use crate::contract::{run_deadline, Reply, RunRequest, WireRequest, WorkerReply, QUERY_TIMEOUT};
 use actix::prelude::*;
 use std::time::Duration;
 
@@ -46,6 +46,13 @@ impl Routed for RunRequest {
         if let Ok(at) = until.format(&time::format_description::well_known::Rfc3339) {
             self.deadline_at = Some(at);
         }
+    }
+}
+
+impl Routed for RunQuery {
+    /// A query is answered at once by whoever holds the run.
+    fn deadline(&self, _: &RouterConfig) -> Duration {
+        QUERY_TIMEOUT
     }
 }
 

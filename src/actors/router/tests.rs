@@ -24,6 +24,7 @@ impl Handler<Live> for MockRegistry {
     fn handle(&mut self, _: Live, _: &mut Self::Context) -> Self::Result {
         MessageResult(LiveSet {
             live: self.0.clone(),
+            beats: Vec::new(),
             discovery: None,
         })
     }

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct LiveSet {
     pub live: BTreeSet<String>,
+    /// The live workers' last heartbeats.
+    pub beats: Vec<WorkerHeartbeat>,
     /// Time left to wait for a first worker, and the count to watch.
     pub discovery: Option<(Duration, watch::Receiver<usize>)>,
 }
@@ -28,7 +30,7 @@ pub struct WorkerRegistry {
     ttl: Duration,
     discovery_wait: Duration,
     started: Instant,
-    workers: HashMap<String, (Instant, RunnerState)>,
+    workers: HashMap<String, (Instant, WorkerHeartbeat)>,
     known: watch::Sender<usize>,
 }
 
@@ -46,7 +48,7 @@ impl WorkerRegistry {
     fn live(&mut self) -> BTreeSet<String> {
         let ttl = self.ttl;
         self.workers
-            .retain(|_, (seen, state)| seen.elapsed() < ttl && *state != RunnerState::Stopped);
+            .retain(|_, (seen, beat)| seen.elapsed() < ttl && beat.state != RunnerState::Stopped);
         self.workers.keys().cloned().collect()
     }
 }
@@ -67,7 +69,7 @@ impl Handler<Incoming<WorkerHeartbeat>> for WorkerRegistry {
             tracing::info!(worker_id = %beat.worker_id, state = beat.state.as_str(), "worker joined");
         }
         self.workers
-            .insert(beat.worker_id, (Instant::now(), beat.state));
+            .insert(beat.worker_id.clone(), (Instant::now(), beat));
         let n = self.live().len();
         self.known.send_replace(n);
     }
@@ -81,8 +83,10 @@ impl Handler<Live> for WorkerRegistry {
             .discovery_wait
             .checked_sub(self.started.elapsed())
             .map(|left| (left, self.known.subscribe()));
+        let live = self.live();
         MessageResult(LiveSet {
-            live: self.live(),
+            beats: self.workers.values().map(|(_, b)| b.clone()).collect(),
+            live,
             discovery,
         })
     }

@@ -195,7 +195,7 @@ impl Handler<Delivered> for MockWorker {
         let owner = p["owner_account_id"].as_str().unwrap_or("").to_owned();
         let run_id = p["run_id"].as_str().unwrap_or("").to_owned();
         // Per-run requests: only the worker holding the run acts.
-        if matches!(kind, Kind::Input | Kind::Delete) {
+        if matches!(kind, Kind::Input | Kind::Delete | Kind::RunQuery) {
             let addressed = p["worker_id"]
                 .as_str()
                 .map(|w| w == self.id)
@@ -246,6 +246,9 @@ impl Handler<Delivered> for MockWorker {
                     json!({"accepted": true, "action": "start", "worker_id": self.id})
                 }
                 Kind::RunnerDelete => json!({"deleted": true, "worker_id": self.id}),
+                Kind::RunQuery => {
+                    json!({"run_id": run_id, "fate": "running", "worker_id": self.id})
+                }
             },
         };
         self.reply(kind, corr, payload, ctx);
