@@ -175,7 +175,14 @@ impl Inner {
             .timeout(self.config.request_timeout)
             .send_json(body)
             .await
-            .map_err(|e| BrokerError::Unavailable(format!("POST {}: {e}", self.config.endpoint)))?;
+            .map_err(|e| {
+                let what = format!("POST {}: {e}", self.config.endpoint);
+                match e {
+                    // Nothing was sent.
+                    awc::error::SendRequestError::Connect(_) => BrokerError::NotConnected(what),
+                    _ => BrokerError::Unavailable(what),
+                }
+            })?;
         let status = resp.status().as_u16();
         self.learn(resp.headers());
         let bytes = resp
@@ -352,14 +359,22 @@ impl Broker for HttpBroker {
             let attempts = inner.config.publish_attempts.max(1);
             let mut delay = Duration::from_millis(100);
             let mut attempt = 1;
+            // Whether any attempt may have reached the Events API.
+            let mut maybe_sent = false;
             loop {
                 match inner.publish_once(&body, &key).await {
                     Ok(id) => return Ok(id),
-                    Err(BrokerError::Unavailable(e)) if attempt < attempts => {
+                    Err(e @ (BrokerError::Unavailable(_) | BrokerError::NotConnected(_)))
+                        if attempt < attempts =>
+                    {
+                        maybe_sent |= matches!(e, BrokerError::Unavailable(_));
                         tracing::debug!(error = %e, attempt, "publish failed; retrying");
                         actix_rt::time::sleep(delay).await;
                         delay *= 2;
                         attempt += 1;
+                    }
+                    Err(BrokerError::NotConnected(e)) if maybe_sent => {
+                        return Err(BrokerError::Unavailable(e))
                     }
                     Err(e) => return Err(e),
                 }
@@ -401,10 +416,13 @@ impl Broker for HttpBroker {
         })
     }
 
+    fn listeners(&self) -> Option<Arc<ListenerHealth>> {
+        Some(self.inner.health.clone())
+    }
+
+    /// Not ready while any listener is disconnected (a stream lost, the
+    /// Events API away): such a process would miss what it listens for.
     fn ready(&self) -> Result<(), BrokerError> {
-        if !self.inner.config.required {
-            return Ok(());
-        }
         let down = self.inner.health.down();
         if down.is_empty() {
             Ok(())

@@ -110,6 +110,10 @@ impl SubscribeSpec {
 pub enum BrokerError {
     #[error("events backend unavailable: {0}")]
     Unavailable(String),
+    /// The bus could not even be reached: what was to be published
+    /// certainly was not.
+    #[error("events backend unreachable: {0}")]
+    NotConnected(String),
     #[error("not authorised by the events API: {0}")]
     Auth(String),
     #[error("forbidden by the events API: {0}")]
@@ -126,7 +130,9 @@ impl BrokerError {
     /// The contract error type a server answers with for this failure.
     pub fn error_type(&self) -> ErrorType {
         match self {
-            BrokerError::Unavailable(_) | BrokerError::Closed(_) => ErrorType::Unavailable,
+            BrokerError::Unavailable(_) | BrokerError::NotConnected(_) | BrokerError::Closed(_) => {
+                ErrorType::Unavailable
+            }
             BrokerError::Auth(_) => ErrorType::InvalidAuth,
             BrokerError::Forbidden(_) => ErrorType::Forbidden,
             BrokerError::BadRequest(_) => ErrorType::BadRequest,
@@ -161,6 +167,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// `Ok` while the backend can be used (for `/readyz`).
     fn ready(&self) -> Result<(), BrokerError>;
+
+    /// Where this process's listeners report whether they are connected
+    /// (the Events API over HTTP; other backends know it themselves).
+    fn listeners(&self) -> Option<Arc<ListenerHealth>> {
+        None
+    }
 
     /// The largest event payload the bus carries, if it has a limit: no
     /// publish may exceed it (a larger result travels in parts).

@@ -201,7 +201,12 @@ impl Handler<Submit> for BusBackend {
                 .await
                 .map(|_| ())
                 .map_err(|e| NotSent {
-                    definite: e.is_fatal() || matches!(e, crate::broker::BrokerError::TooLarge(_)),
+                    definite: e.is_fatal()
+                        || matches!(
+                            e,
+                            crate::broker::BrokerError::TooLarge(_)
+                                | crate::broker::BrokerError::NotConnected(_)
+                        ),
                     error: ErrorDetail::new(e.error_type(), e.to_string()),
                 })
         })

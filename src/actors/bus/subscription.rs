@@ -27,6 +27,9 @@ pub type Decode<M> = Box<dyn Fn(Arc<Event>) -> Option<M>>;
 
 /// The actor owning one subscription.
 pub struct Subscription<M: Message<Result = ()> + Send + 'static = Delivered> {
+    /// Says whether this subscription is connected, where the broker
+    /// keeps account (readiness).
+    health: Option<crate::broker::listener::ListenerGuard>,
     broker: SharedBroker,
     spec: SubscribeSpec,
     decode: Decode<M>,
@@ -58,7 +61,9 @@ impl<M: Message<Result = ()> + Send + 'static> Subscription<M> {
         target: Recipient<M>,
     ) -> Result<Addr<Subscription<M>>, BrokerError> {
         let (tx, rx) = oneshot::channel();
+        let health = broker.listeners().map(|h| h.register(&spec.name));
         let addr = Subscription {
+            health,
             broker,
             spec,
             decode,
@@ -78,6 +83,7 @@ impl<M: Message<Result = ()> + Send + 'static> Subscription<M> {
         let fut = self.broker.subscribe(self.spec.clone());
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(stream) => {
+                act.connected(true);
                 if let Some(tx) = act.first.take() {
                     let _ = tx.send(Ok(()));
                 } else {
@@ -98,6 +104,12 @@ impl<M: Message<Result = ()> + Send + 'static> Subscription<M> {
                 act.retry_later(ctx);
             }
         }));
+    }
+
+    fn connected(&self, up: bool) {
+        if let Some(h) = &self.health {
+            h.set_connected(up);
+        }
     }
 
     fn retry_later(&mut self, ctx: &mut Context<Self>) {
@@ -148,6 +160,7 @@ impl<M: Message<Result = ()> + Send + 'static> StreamHandler<Result<Arc<Event>, 
             ctx.stop();
             return;
         }
+        self.connected(false);
         tracing::warn!(event = %self.spec.name, "subscription ended; subscribing again");
         // Replay only ever on the first subscription, or events repeat.
         self.spec.replay = false;

@@ -9,6 +9,10 @@ use crate::planning::utf8::Utf8Carry;
 use crate::runtime::{Chunk, RuntimeError};
 use actix::prelude::*;
 
+/// The most output bytes in one `run.output` event: escaped six-fold
+/// (NUL bytes as `\u0000`) it is still far below any bus's limit.
+pub(super) const MAX_EVENT_DATA: usize = 64 << 10;
+
 /// What is kept of one output stream.
 pub(super) struct Capture {
     kept: Vec<u8>,
@@ -55,21 +59,29 @@ impl ContainerSession {
         }
     }
 
-    /// Publishes one output chunk (nothing when redaction held it all back).
+    /// Publishes output (nothing when redaction held it all back), in
+    /// pieces that fit any bus: at most [`MAX_EVENT_DATA`] bytes each,
+    /// cut at character boundaries.
     fn output_event(&mut self, stream: OutputStream, data: String) {
-        if data.is_empty() {
-            return;
+        let mut rest = data.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_EVENT_DATA);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            rest = tail;
+            let event = RunOutput {
+                run_id: self.plan.run_id.clone(),
+                owner_account_id: self.plan.owner.clone(),
+                seq: self.seq,
+                stream,
+                data: piece.to_owned(),
+                encoding: None,
+            };
+            self.seq += 1;
+            self.event("run.output", &event);
         }
-        let event = RunOutput {
-            run_id: self.plan.run_id.clone(),
-            owner_account_id: self.plan.owner.clone(),
-            seq: self.seq,
-            stream,
-            data,
-            encoding: None,
-        };
-        self.seq += 1;
-        self.event("run.output", &event);
     }
 }
 
