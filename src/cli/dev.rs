@@ -310,6 +310,7 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
         .await?;
         let engine = match provider {
             DevProvider::Docker => {
+                super::guard::spawn(&worker_id, "docker", runtime.host());
                 let shared: SharedRuntime = runtime.clone();
                 Engine::Containers(shared)
             }

@@ -8,6 +8,7 @@ pub mod dev;
 pub mod egress;
 mod events;
 pub mod failure;
+mod guard;
 mod integration;
 pub mod process;
 pub mod serve_containers;
@@ -84,6 +85,10 @@ pub enum IntegrationCommand {
     Docker(worker::WorkerArgs),
     /// The same worker against Podman's Docker-compatible API.
     Podman(worker::WorkerArgs),
+    /// A worker's guardian (started by the worker itself): removes the
+    /// worker's containers once the worker process is gone.
+    #[command(hide = true)]
+    Guard(guard::GuardArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +209,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Integration(IntegrationCommand::Docker(args)) => {
             done(worker::run_worker(args, worker::Flavour::Docker))
         }
+        Command::Integration(IntegrationCommand::Guard(args)) => done(guard::run(args)),
         Command::Integration(IntegrationCommand::Podman(args)) => {
             done(worker::run_worker(args, worker::Flavour::Podman))
         }

@@ -221,6 +221,21 @@ fn prefix(args: &WorkerArgs, flavour: Flavour) -> Result<String, Failure> {
     Ok(prefix)
 }
 
+/// Where the engine is: `DOCKER_HOST`, or each engine's own socket.
+fn engine_host(args: &WorkerArgs, flavour: Flavour) -> String {
+    let provider = args.provider.unwrap_or(match flavour {
+        Flavour::Docker => WorkerProvider::Docker,
+        Flavour::Podman => WorkerProvider::Podman,
+    });
+    match provider {
+        WorkerProvider::Podman => std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unix:///run/podman/podman.sock".to_owned()),
+        _ => docker_host(),
+    }
+}
+
 fn engine(args: &WorkerArgs, flavour: Flavour) -> Engine {
     let provider = args.provider.unwrap_or(match flavour {
         Flavour::Docker => WorkerProvider::Docker,
@@ -231,13 +246,10 @@ fn engine(args: &WorkerArgs, flavour: Flavour) -> Engine {
         WorkerProvider::Docker => {
             Engine::Containers(Arc::new(DockerRuntime::new("docker", &docker_host())))
         }
-        WorkerProvider::Podman => {
-            let host = std::env::var("DOCKER_HOST")
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "unix:///run/podman/podman.sock".to_owned());
-            Engine::Containers(Arc::new(DockerRuntime::new("podman", &host)))
-        }
+        WorkerProvider::Podman => Engine::Containers(Arc::new(DockerRuntime::new(
+            "podman",
+            &engine_host(args, flavour),
+        ))),
     }
 }
 
@@ -285,6 +297,11 @@ pub fn run_worker(args: WorkerArgs, flavour: Flavour) -> Result<(), Failure> {
     config.reap_every = args.reap_interval.max(Duration::from_secs(1));
     if let Engine::Containers(r) = &engine {
         config.runner_name = r.provider().to_owned();
+        super::guard::spawn(
+            &config.settings.worker_id,
+            r.provider(),
+            &engine_host(&args, flavour),
+        );
     }
     actix_rt::System::new().block_on(async move {
         let metrics = Metrics::new();

@@ -17,8 +17,8 @@ pub const WORKER_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 /// A run request without a worker's `run.accepted` this long after it
 /// was sent is answered `unavailable` (its `accept_by` is [`ACCEPT_WITHIN`]
 /// after sending; the margin covers clocks that differ a little).
-pub const ACCEPT_WITHIN: std::time::Duration = std::time::Duration::from_secs(7);
-pub const ACCEPT_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+pub const ACCEPT_WITHIN: std::time::Duration = std::time::Duration::from_secs(4);
+pub const ACCEPT_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a query of a run's worker may take.
 pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Routers publish their view of the live workers this often.

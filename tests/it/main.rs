@@ -15,6 +15,7 @@ mod docker_pool;
 mod docker_worker;
 mod egress_proxy;
 mod events_api;
+mod fault_matrix;
 mod faults;
 mod fuzz;
 mod http_listener;

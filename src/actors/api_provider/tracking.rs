@@ -104,7 +104,7 @@ impl ApiProvider {
         let seat = self.backend.query.clone();
         tracing::info!(run_id = %run_id, ?why, worker = ?q.worker_id, "asking what became of a run");
         let asked =
-            async move { ask(&seat, q, &owner, QUERY_TIMEOUT + Duration::from_secs(1)).await };
+            async move { ask(&seat, q, &owner, QUERY_TIMEOUT + Duration::from_millis(500)).await };
         ctx.spawn(asked.into_actor(self).map(move |answer, act, ctx| {
             let bus_up = act.bus_up();
             let Some(run) = act.runs.get_mut(&run_id) else {

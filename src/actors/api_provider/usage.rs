@@ -3,9 +3,12 @@
 //! Usage is published in order by one background task (so a run's
 //! `container_run_requested` always precedes its end), never on the run's
 //! own path: a failed record never loses a run's result. Retry policy: a
-//! failed publish is tried three more times after 1 s, 2 s and 4 s, then
-//! logged and counted (`bus_api_usage_failures_total`). `event_id` is
-//! stable per run and type, so a retried record is not counted twice.
+//! failed publish is tried again after 1 s, 2 s, 4 s, … (at most every
+//! 30 s) until the bus takes it, each failure logged and counted
+//! (`bus_api_usage_failures_total`), so an outage delays usage but loses
+//! none; the queue holds 10,000 records (a record that finds it full is
+//! dropped and counted). `event_id` is stable per run and type, so a
+//! retried record is not counted twice.
 
 use crate::actors::bus::requester::Requester;
 use crate::contract::{encode, now_rfc3339, ErrorDetail, Publication, Reply, RunResult, RunState};
@@ -76,23 +79,22 @@ impl Usage {
         actix_rt::spawn(async move {
             while let Some(record) = rx.recv().await {
                 let mut delay = Duration::from_secs(1);
-                let mut attempt = 0;
                 loop {
                     match requester
                         .publish(Publication::new(USAGE_EVENT, encode(&record)))
                         .await
                     {
                         Ok(_) => break,
-                        Err(e) if attempt < 3 => {
-                            tracing::warn!(error = %e, retry_in = ?delay, "usage record not published; retrying");
-                            actix_rt::time::sleep(delay).await;
-                            delay *= 2;
-                            attempt += 1;
+                        Err(e) if e.is_fatal() => {
+                            failures.inc();
+                            tracing::error!(error = %e, event_id = %record.event_id, "usage record refused by the bus; dropped");
+                            break;
                         }
                         Err(e) => {
                             failures.inc();
-                            tracing::error!(error = %e, event_id = %record.event_id, "usage record lost after retries");
-                            break;
+                            tracing::warn!(error = %e, event_id = %record.event_id, retry_in = ?delay, "usage record not published; retrying");
+                            actix_rt::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(30));
                         }
                     }
                 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod docker;
 pub mod mock_worker;
 pub mod nats;
+pub mod stack;
 pub mod tls;
 
 use bus_containers::auth::{issue_token, Acl, IssueRequest, Secrets, Verifier, AUDIENCE_API};

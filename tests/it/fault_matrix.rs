@@ -1,0 +1,409 @@
+//! The fault matrix: the multi-process stack (`support::stack`) with real
+//! faults — SIGKILL and restart, SIGSTOP/SIGCONT, a missing router or
+//! worker, NATS going away, a full ledger disk, outputs larger than a bus
+//! message — asserting what the caller hears, by when, and that the REST
+//! answer, the ledger record, the usage records and the engine's
+//! containers agree afterwards (`container-events.md`, "Delivery
+//! guarantees"). Each prints what it measured.
+
+use crate::support::docker::engine;
+use crate::support::stack::{agree, Part, Stack, StackOpts};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn id(v: &Value) -> String {
+    v["run_id"].as_str().expect("a run id").to_owned()
+}
+
+async fn stack(opts: StackOpts) -> Option<Stack> {
+    engine().await?;
+    let s = Stack::start(opts).await?;
+    s.warm_up().await;
+    Some(s)
+}
+
+/// Starts `n` runs that take `secs` (wait: false); their ids.
+async fn in_flight(s: &Stack, n: usize, secs: u32) -> Vec<String> {
+    let body = format!(
+        r#"{{"profile":"codex","args":["sh","-c","sleep {secs}; echo done"],"timeout_seconds":60,"wait":false}}"#
+    );
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (status, v, _) = s.run(&body).await;
+        assert_eq!(status, 202, "{v}");
+        ids.push(id(&v));
+    }
+    ids
+}
+
+/// Every run ended as `state`, and answer, ledger and usage agree.
+async fn all_end(s: &Stack, ids: &[String], state: &str, within: u64) {
+    for run_id in ids {
+        let record = s.settled(run_id, within).await;
+        assert_eq!(record["state"], state, "{record}");
+        let usage = s.usage_settled(run_id, 20).await;
+        let answer = match &record["result"] {
+            Value::Null => Value::Null,
+            r => r.clone(),
+        };
+        agree(&answer, &record, &usage);
+    }
+}
+
+#[actix_rt::test]
+async fn faults_events_api_killed_and_restarted_mid_run_loses_no_result() {
+    let Some(mut s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    let ids = in_flight(&s, 3, 2).await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    s.kill(Part::Bus);
+    // A run asked for while the bus is gone is refused at once.
+    let (status, v, took) = s.run(r#"{"profile":"codex","args":["true"]}"#).await;
+    eprintln!("fault matrix: Events API down → {status} in {took:?}");
+    assert_eq!(status, 503, "{v}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let refused = v.clone();
+    actix_rt::time::sleep(Duration::from_secs(3)).await; // the runs finish meanwhile
+    s.restart(Part::Bus);
+    all_end(&s, &ids, "succeeded", 60).await;
+    eprintln!("fault matrix: Events API killed mid-run → 3/3 succeeded after it came back");
+    assert!(refused["error"]["type"] == "unavailable", "{refused}");
+    assert!(s.no_containers_within(10).await.is_empty());
+}
+
+#[actix_rt::test]
+async fn faults_events_api_stalled_eleven_seconds() {
+    let Some(s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    let ids = in_flight(&s, 2, 3).await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    s.stop(Part::Bus);
+    let during = s.run_in_background(r#"{"profile":"codex","args":["sh","-c","echo stalled"]}"#);
+    actix_rt::time::sleep(Duration::from_secs(11)).await;
+    s.cont(Part::Bus);
+    let (status, v, took) = during.await.unwrap();
+    eprintln!("fault matrix: a run asked during an 11 s stall → {status} after {took:?}");
+    // Whatever it was answered, that is what happened: never a 400 for
+    // a copy, never answered refused while it ran.
+    assert_ne!(status, 400, "{v}");
+    match status {
+        200 => assert_eq!(v["stdout"], "stalled\n"),
+        503 => {
+            assert_eq!(v["error"]["type"], "unavailable", "{v}");
+            // Refused: it never ran, and the ledger and usage say so.
+            let run_id = s.latest_run().await;
+            let record = s.record(&run_id).await;
+            assert_eq!(record["state"], "error", "{record}");
+            agree(&v, &record, &s.usage_settled(&run_id, 20).await);
+        }
+        other => panic!("{other} {v}"),
+    }
+    all_end(&s, &ids, "succeeded", 60).await;
+    assert!(s.no_containers_within(10).await.is_empty());
+}
+
+#[actix_rt::test]
+async fn faults_router_killed_and_restarted_at_once_loses_no_result() {
+    let Some(mut s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    let ids = in_flight(&s, 5, 3).await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    s.kill(Part::Router(0));
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    s.restart(Part::Router(0));
+    all_end(&s, &ids, "succeeded", 60).await;
+    eprintln!("fault matrix: router killed and restarted within 0.2 s → 5/5 succeeded");
+    // And new runs go through the new router at once.
+    let t0 = Instant::now();
+    let (status, v, _) = s
+        .run(r#"{"profile":"codex","args":["echo","after"]}"#)
+        .await;
+    assert_eq!(
+        (status, v["stdout"].as_str()),
+        (200, Some("after\n")),
+        "{v}"
+    );
+    eprintln!(
+        "fault matrix: the first run after the restart answered in {:?}",
+        t0.elapsed()
+    );
+}
+
+#[actix_rt::test]
+async fn faults_two_routers_one_killed() {
+    let Some(mut s) = stack(StackOpts {
+        routers: 2,
+        ..StackOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let ids = in_flight(&s, 4, 2).await;
+    s.kill(Part::Router(1));
+    let mut slowest = Duration::ZERO;
+    for i in 0..6 {
+        let (status, v, took) = s
+            .run(&format!(r#"{{"profile":"codex","args":["echo","{i}"]}}"#))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        slowest = slowest.max(took);
+    }
+    eprintln!("fault matrix: two routers, one killed → 6/6 new runs, slowest {slowest:?}");
+    // A request the killed router had taken is gone with it: such a run
+    // never started, and says so; every other one succeeded.
+    let mut states = Vec::new();
+    for run_id in &ids {
+        let record = s.settled(run_id, 60).await;
+        let state = record["state"].as_str().unwrap().to_owned();
+        assert!(state == "succeeded" || state == "error", "{record}");
+        if state == "error" {
+            assert_eq!(record["worker_id"], Value::Null, "never started: {record}");
+        }
+        agree(
+            &record["result"],
+            &record,
+            &s.usage_settled(run_id, 20).await,
+        );
+        states.push(state);
+    }
+    eprintln!("fault matrix: runs in flight when one of two routers was killed → {states:?}");
+}
+
+#[actix_rt::test]
+async fn faults_worker_killed_mid_run_is_lost_within_twenty_seconds_and_its_container_goes() {
+    let Some(mut s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    let pending =
+        s.run_in_background(r#"{"profile":"codex","args":["sleep","300"],"timeout_seconds":600}"#);
+    let mut started = false;
+    for _ in 0..100 {
+        if !s.containers().await.is_empty() {
+            started = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started);
+    s.kill(Part::Worker);
+    let killed = Instant::now();
+    let (status, v, _) = pending.await.unwrap();
+    let heard = killed.elapsed();
+    eprintln!("fault matrix: worker SIGKILLed mid-run → {status} after {heard:?}");
+    assert_eq!(status, 503, "{v}");
+    assert!(heard < Duration::from_secs(20), "{heard:?}");
+    let left = s.no_containers_within(10).await;
+    assert!(
+        left.is_empty(),
+        "its guardian removed the container: {left:?}"
+    );
+    let run_id = s.latest_run().await;
+    let record = s.record(&run_id).await;
+    assert_eq!(record["state"], "lost", "{record}");
+    agree(&v, &record, &s.usage_settled(&run_id, 20).await);
+}
+
+#[actix_rt::test]
+async fn faults_no_router_and_no_worker_answer_unavailable_within_ten_seconds() {
+    let Some(engine) = engine().await else { return };
+    drop(engine);
+    for (what, opts) in [
+        (
+            "no router",
+            StackOpts {
+                routers: 0,
+                ..StackOpts::default()
+            },
+        ),
+        (
+            "no worker",
+            StackOpts {
+                worker: false,
+                ..StackOpts::default()
+            },
+        ),
+    ] {
+        let s = Stack::start(opts).await.unwrap();
+        let (status, v, took) = s.run(r#"{"profile":"codex","args":["echo","x"]}"#).await;
+        eprintln!("fault matrix: {what} → {status} in {took:?}");
+        assert_eq!(
+            (status, v["error"]["type"].as_str()),
+            (503, Some("unavailable")),
+            "{v}"
+        );
+        assert!(took < Duration::from_secs(10), "{what}: {took:?}");
+        assert!(s.containers().await.is_empty());
+    }
+}
+
+#[actix_rt::test]
+async fn faults_api_provider_killed_and_restarted_resolves_its_runs_from_their_workers() {
+    let Some(mut s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    let ids = in_flight(&s, 2, 3).await;
+    actix_rt::time::sleep(Duration::from_millis(800)).await;
+    s.kill(Part::Api);
+    actix_rt::time::sleep(Duration::from_secs(3)).await; // the runs end meanwhile
+    s.restart(Part::Api);
+    for run_id in &ids {
+        let record = s.settled(run_id, 30).await;
+        assert_eq!(record["state"], "succeeded", "not lost: {record}");
+        assert_eq!(record["result"]["stdout"], "done\n");
+    }
+    eprintln!(
+        "fault matrix: API provider killed mid-run → 2/2 resolved succeeded from their workers"
+    );
+}
+
+#[actix_rt::test]
+async fn faults_a_full_ledger_disk_holds_the_answer_until_it_is_recorded() {
+    let Some(s) = stack(StackOpts {
+        small_data_dir: Some(3 << 20),
+        ..StackOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(s.api_ready().await, 200);
+    let pending =
+        s.run_in_background(r#"{"profile":"codex","args":["sh","-c","sleep 2; echo kept"]}"#);
+    actix_rt::time::sleep(Duration::from_millis(800)).await;
+    // Fill the disk.
+    let filler = s.data_dir.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let mut unready = false;
+    for _ in 0..50 {
+        if s.api_ready().await == 503 {
+            unready = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(unready, "/readyz is 503 while the ledger cannot be written");
+    actix_rt::time::sleep(Duration::from_secs(3)).await;
+    assert!(!pending.is_finished(), "the answer waits for the ledger");
+    std::fs::remove_file(&filler).unwrap();
+    let (status, v, took) = pending.await.unwrap();
+    eprintln!("fault matrix: a full ledger disk → {status} after {took:?}, once space came back");
+    assert_eq!((status, v["stdout"].as_str()), (200, Some("kept\n")), "{v}");
+    let record = s.settled(&id(&v), 10).await;
+    agree(&v, &record, &s.usage_settled(&id(&v), 20).await);
+    let mut ready = false;
+    for _ in 0..50 {
+        if s.api_ready().await == 200 {
+            ready = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready);
+}
+
+#[actix_rt::test]
+async fn faults_outputs_larger_than_a_bus_message_arrive_whole() {
+    let Some(s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    // 1 MiB of NUL bytes: six-fold once escaped in JSON.
+    let (status, v, _) = s
+        .run(r#"{"profile":"codex","args":["head","-c","1048576","/dev/zero"]}"#)
+        .await;
+    assert_eq!(status, 200, "{}", v["error"]);
+    assert_eq!(v["stdout"].as_str().unwrap().len(), 1 << 20);
+    assert!(v["stdout"].as_str().unwrap().bytes().all(|b| b == 0));
+    assert_eq!(v["stdout_truncated"], false);
+    agree(
+        &v,
+        &s.settled(&id(&v), 10).await,
+        &s.usage_settled(&id(&v), 20).await,
+    );
+    // 1 MiB on each stream.
+    let (status, v, _) = s
+        .run(r#"{"profile":"codex","args":["sh","-c","head -c 1048576 /dev/zero | tr '\\0' a; head -c 1048576 /dev/zero | tr '\\0' b >&2"]}"#)
+        .await;
+    assert_eq!(status, 200, "{}", v["error"]);
+    assert_eq!(v["stdout"].as_str().unwrap().len(), 1 << 20);
+    assert_eq!(v["stderr"].as_str().unwrap().len(), 1 << 20);
+    eprintln!(
+        "fault matrix: 1 MiB of NUL bytes, and 1 MiB on each stream → whole, over the Events API"
+    );
+}
+
+/// Counts the runs that wrote to the stack's workspace.
+fn executions(s: &Stack, file: &str) -> usize {
+    std::fs::read_to_string(s.workspace.join(file))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[actix_rt::test]
+async fn faults_nats_restarted_mid_run_loses_no_result() {
+    let Some(mut s) = stack(StackOpts {
+        nats: true,
+        ..StackOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let ids = in_flight(&s, 3, 3).await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    s.kill(Part::Bus);
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    s.restart(Part::Bus);
+    for run_id in &ids {
+        let record = s.settled(run_id, 60).await;
+        assert_eq!(record["state"], "succeeded", "{record}");
+    }
+    eprintln!("fault matrix: NATS restarted mid-run → 3/3 succeeded");
+}
+
+#[actix_rt::test]
+async fn faults_nats_outage_a_refused_run_never_runs_and_a_retry_runs_once() {
+    let Some(mut s) = stack(StackOpts {
+        nats: true,
+        ..StackOpts::default()
+    })
+    .await
+    else {
+        return;
+    };
+    s.kill(Part::Bus);
+    let body = r#"{"profile":"codex","args":["sh","-c","echo ran >> /workspace/count"]}"#;
+    let first = s.run_in_background(body);
+    actix_rt::time::sleep(Duration::from_secs(4)).await;
+    s.restart(Part::Bus);
+    let (status, v, took) = first.await.unwrap();
+    eprintln!("fault matrix: a run asked during a NATS outage → {status} after {took:?}");
+    let refused = status != 200;
+    if refused {
+        assert_eq!(v["error"]["type"], "unavailable", "{v}");
+        // The client retries, as clients do.
+        let mut retried = (0, Value::Null, Duration::ZERO);
+        for _ in 0..50 {
+            retried = s.run(body).await;
+            if retried.0 == 200 {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(retried.0, 200, "{}", retried.1);
+    }
+    // Give a queued copy every chance to run late.
+    actix_rt::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        executions(&s, "count"),
+        1,
+        "executed exactly once (first answered {status})"
+    );
+}
