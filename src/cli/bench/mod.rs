@@ -3,6 +3,7 @@
 
 mod e2e;
 mod events;
+mod fault_soak;
 mod nats;
 mod responder;
 mod router;
@@ -47,6 +48,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Router(args) => router::run(args),
         BenchCommand::Nats(args) => nats::run(args),
         BenchCommand::E2e(args) => e2e::run(args),
+        BenchCommand::Soak(args) if args.faults => fault_soak::run(args),
         BenchCommand::Soak(args) => soak::run(args),
         BenchCommand::Worker(args) => worker::run(args),
     }

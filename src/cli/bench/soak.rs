@@ -37,6 +37,13 @@ pub struct SoakArgs {
     pub rss_growth_mib: f64,
     #[arg(long, default_value = DEFAULT_IMAGE)]
     pub image: String,
+    /// Run through the multi-process stack while a random part of it is
+    /// SIGKILLed and restarted (see `bench soak --faults` in the README).
+    #[arg(long)]
+    pub faults: bool,
+    /// With --faults: how often a part is killed.
+    #[arg(long, default_value = "3s", value_parser = crate::parse::parse_duration)]
+    pub kill_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
