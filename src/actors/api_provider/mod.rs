@@ -30,6 +30,7 @@ mod liveness;
 pub mod logs;
 pub use adopt::Adopt;
 pub mod messages;
+mod outcome;
 mod runs;
 mod status;
 mod table;
@@ -117,12 +118,15 @@ pub struct ApiProvider {
     /// The ledger takes writes (for `/readyz`).
     ledger_health: Arc<AtomicBool>,
     /// This provider's bus connection is up.
-    bus_ready: crate::http::probes::ReadyCheck,
+    bus_ready: ReadyCheck,
     /// Runs ended here lately (owner, worker), to acknowledge a result
     /// sent again.
     ended: HashMap<String, (String, Option<String>)>,
     ended_order: VecDeque<String>,
 }
+
+/// Says whether something this actor depends on is up.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// How many ended runs are remembered.
 const END_REMEMBERED: usize = 16_384;
@@ -154,7 +158,7 @@ impl ApiProvider {
 
     /// Judges its bus connection by `ready` (a worker's silence means
     /// something only while it is up).
-    pub fn with_bus(mut self, ready: crate::http::probes::ReadyCheck) -> Self {
+    pub fn with_bus(mut self, ready: ReadyCheck) -> Self {
         self.bus_ready = ready;
         self
     }

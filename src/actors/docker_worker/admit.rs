@@ -3,11 +3,13 @@
 //! a session, in a warm-pool container when one of its profile is ready.
 
 use super::durable::{settle, Task};
+use super::Engine;
 use super::{DockerWorker, Live};
 use crate::actors::bus::Incoming;
 use crate::actors::container_session::SessionContext;
 use crate::actors::warm_pool;
 use crate::broker::run_id_of_envelope;
+use crate::contract::WireRequest;
 use crate::contract::{
     encode, now_rfc3339, ErrorType, Kind, Publication, Reply, RunAccepted, RunRequest, RunResult,
     RunnerState,
@@ -39,6 +41,68 @@ impl Handler<Incoming<Result<RunRequest, crate::contract::Malformed>>> for Docke
 }
 
 impl DockerWorker {
+    /// The gate of every request: the effective owner, a payload that
+    /// decodes, and the static engine's answers. `Some` when the request
+    /// is this worker's to handle.
+    pub(super) fn admit_request<Q: WireRequest>(
+        &mut self,
+        msg: Incoming<Result<Q, crate::contract::Malformed>>,
+        ctx: &mut Context<Self>,
+    ) -> Option<(Incoming<Q>, String)> {
+        let corr = msg.meta.correlation_id.clone();
+        let elsewhere = msg
+            .body
+            .as_ref()
+            .ok()
+            .and_then(|q| q.worker_id())
+            .is_some_and(|w| w != self.config.worker_id());
+        let owner = msg.owner();
+        let body = match msg.body {
+            Ok(body) => body,
+            Err(why) => {
+                if let Some(ack) = &msg.meta.ack {
+                    settle("acknowledge a durable request", ack.done());
+                }
+                let reply = Reply::error(
+                    crate::contract::ErrorType::BadRequest,
+                    format!("invalid {} request: {why}", Q::KIND.segment()),
+                );
+                self.reply::<Q>(corr, reply, ctx);
+                return None;
+            }
+        };
+        let owner = match owner {
+            Ok(o) => o,
+            Err(e) => {
+                if let Some(ack) = &msg.meta.ack {
+                    settle("acknowledge a durable request", ack.done());
+                }
+                // A per-run request for another worker is not ours to refuse.
+                if !elsewhere {
+                    self.reply::<Q>(corr, Reply::Err(e), ctx);
+                }
+                return None;
+            }
+        };
+        if let Engine::Static = self.engine {
+            if let Some(ack) = &msg.meta.ack {
+                settle("acknowledge a durable request", ack.done());
+            }
+            if !elsewhere {
+                let reply = body.static_answer(&owner, self.config.worker_id());
+                self.reply::<Q>(corr, reply, ctx);
+            }
+            return None;
+        }
+        Some((
+            Incoming {
+                meta: msg.meta,
+                body,
+            },
+            owner,
+        ))
+    }
+
     /// A run's final answer; a durable request is acknowledged with it.
     fn answer(
         &mut self,

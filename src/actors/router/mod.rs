@@ -18,6 +18,7 @@
 
 pub mod forward;
 pub mod merge;
+mod relays;
 mod routed;
 #[cfg(test)]
 mod tests;
@@ -33,14 +34,14 @@ use crate::broker::{BrokerError, SharedBroker, SubscribeSpec};
 use crate::contract::replies::{DeleteRequest, InputRequest, RunQuery, StatusRequest};
 use crate::contract::wire::{RunnerDeleteRequest, RunnerStartRequest, RunnerStatusRequest};
 use crate::contract::{
-    encode, ErrorType, Kind, Publication, Reply, ResultPart, RouterHeartbeat, RunAccepted,
-    RunOutput, RunRecorded, RunRequest, RunResult, RunStarted, WorkerHeartbeat, WorkerReply,
-    DEFAULT_REQUEST_TIMEOUT, PUBLIC_PREFIX, ROUTER_GROUP, ROUTER_HEARTBEAT_EVERY, WORKER_TTL,
+    encode, Kind, Publication, ResultPart, RouterHeartbeat, RunAccepted, RunOutput, RunRecorded,
+    RunRequest, RunResult, RunStarted, WorkerHeartbeat, WorkerReply, DEFAULT_REQUEST_TIMEOUT,
+    PUBLIC_PREFIX, ROUTER_GROUP, ROUTER_HEARTBEAT_EVERY, WORKER_TTL,
 };
 use crate::metrics::Metrics;
 use actix::prelude::*;
-use forward::Forward;
 use prometheus::IntCounter;
+pub use relays::RunAnswer;
 pub use routed::Routed;
 use routed::{subscribe_requests, unsigned};
 use std::time::Duration;
@@ -322,32 +323,6 @@ impl Router {
         router.do_send(Subscribed(subs));
         Ok(router)
     }
-
-    /// Republishes a backend run event under the public name, in order.
-    fn relay<T: serde::Serialize>(
-        &mut self,
-        name: &str,
-        msg: Incoming<T>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.relay_as(format!("{PUBLIC_PREFIX}.{name}"), msg, ctx)
-    }
-
-    /// Publishes `msg` as `name`, in order with the other relayed events.
-    fn relay_as<T: serde::Serialize>(
-        &mut self,
-        name: String,
-        msg: Incoming<T>,
-        ctx: &mut Context<Self>,
-    ) {
-        let mut publication = Publication::new(name, encode(&msg.body));
-        publication.correlation_id = msg.meta.correlation_id;
-        if let Err(publication) = self.relay.try_send(publication) {
-            // Hold further deliveries until the relay has room.
-            let relay = self.relay.clone();
-            ctx.wait(async move { relay.send(publication).await }.into_actor(self));
-        }
-    }
 }
 
 impl Actor for Router {
@@ -362,183 +337,6 @@ impl Actor for Router {
         for s in self.subscriptions.drain(..) {
             s.do_send(subscription::Stop);
         }
-    }
-}
-
-impl<Q: Routed> Handler<Incoming<Result<Q, crate::contract::Malformed>>> for Router {
-    type Result = ();
-
-    fn handle(
-        &mut self,
-        msg: Incoming<Result<Q, crate::contract::Malformed>>,
-        ctx: &mut Self::Context,
-    ) {
-        self.metrics.requests.inc();
-        if let Some(ack) = &msg.meta.ack {
-            // Taken: a router forwards a request at most once, so a router
-            // that dies now loses it (its requester records it lost)
-            // rather than a second router running it twice.
-            let done = ack.done();
-            actix_rt::spawn(async move {
-                if let Err(e) = done.await {
-                    tracing::warn!(error = %e, "could not acknowledge a durable request");
-                }
-            });
-        }
-        let Some(correlation_id) = msg.meta.correlation_id.clone() else {
-            tracing::warn!(event = %msg.meta.name, from = %msg.meta.identity_id, "request without a correlation id dropped: nobody could match a reply");
-            return;
-        };
-        let requester = self.requester.clone();
-        let forwarded_as = correlation_id.clone();
-        let answer = move |reply: WorkerReply<Q::Reply>| {
-            let publication = Publication::new(Q::KIND.response(PUBLIC_PREFIX), reply.to_payload())
-                .with_correlation(correlation_id);
-            async move {
-                if let Err(e) = requester.publish(publication).await {
-                    tracing::error!(error = %e, "could not publish a reply");
-                }
-            }
-        };
-        let owner = msg.owner();
-        let mut body = match msg.body {
-            Ok(body) => body,
-            Err(why) => {
-                let reply = Reply::error(
-                    ErrorType::BadRequest,
-                    format!("invalid {} request: {why}", Q::KIND.segment()),
-                );
-                ctx.spawn(answer(unsigned(reply)).into_actor(self));
-                return;
-            }
-        };
-        let owner = match owner {
-            Ok(owner) => owner,
-            Err(e) => {
-                ctx.spawn(answer(unsigned(Reply::Err(e))).into_actor(self));
-                return;
-            }
-        };
-        let prefix = match &self.config.backend {
-            RouterBackend::Static => {
-                let reply = WorkerReply {
-                    worker_id: Some("static".into()),
-                    reply: body.static_answer(&owner, "static"),
-                };
-                ctx.spawn(answer(reply).into_actor(self));
-                return;
-            }
-            RouterBackend::Events { prefix } => prefix.clone(),
-        };
-        if !Q::KIND.is_runner() {
-            body.set_owner(&owner);
-        }
-        let deadline = body.deadline(&self.config);
-        let durable = Q::KIND == Kind::Run && self.durable_runs;
-        if durable {
-            body.queue(&msg.meta.id, time::OffsetDateTime::now_utc() + deadline);
-        }
-        let (requester, malformed) = (self.requester.clone(), self.metrics.malformed.clone());
-        let registry = self.registry.clone();
-        ctx.spawn(
-            async move {
-                let reply = match registry.send(Live).await {
-                    Ok(live) => {
-                        let forward = Forward {
-                            requester,
-                            malformed,
-                            prefix,
-                            body,
-                            owner,
-                            deadline,
-                            live,
-                            durable,
-                            correlation_id: forwarded_as,
-                        };
-                        forward.run().await
-                    }
-                    Err(_) => Some(unsigned(Reply::error(
-                        ErrorType::Unavailable,
-                        "the router is stopping",
-                    ))),
-                };
-                if let Some(reply) = reply {
-                    answer(reply).await;
-                }
-            }
-            .into_actor(self),
-        );
-    }
-}
-
-impl Handler<Incoming<RunStarted>> for Router {
-    type Result = ();
-    fn handle(&mut self, msg: Incoming<RunStarted>, ctx: &mut Self::Context) {
-        self.relay("run.started", msg, ctx);
-    }
-}
-
-impl Handler<Incoming<RunOutput>> for Router {
-    type Result = ();
-    fn handle(&mut self, msg: Incoming<RunOutput>, ctx: &mut Self::Context) {
-        self.relay("run.output", msg, ctx);
-    }
-}
-
-impl Handler<Incoming<RunAccepted>> for Router {
-    type Result = ();
-    fn handle(&mut self, msg: Incoming<RunAccepted>, ctx: &mut Self::Context) {
-        self.relay("run.accepted", msg, ctx);
-    }
-}
-
-impl Handler<Incoming<ResultPart>> for Router {
-    type Result = ();
-    fn handle(&mut self, msg: Incoming<ResultPart>, ctx: &mut Self::Context) {
-        self.relay("run.result.part", msg, ctx);
-    }
-}
-
-/// A worker's answer to a run, to relay under its correlation id.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RunAnswer(pub Incoming<Result<WorkerReply<RunResult>, crate::contract::Malformed>>);
-
-impl Handler<RunAnswer> for Router {
-    type Result = ();
-    fn handle(&mut self, RunAnswer(msg): RunAnswer, ctx: &mut Self::Context) {
-        if msg.meta.correlation_id.is_none() {
-            return;
-        }
-        let reply = match msg.body {
-            Ok(reply) => reply,
-            Err(why) => {
-                self.metrics.malformed.inc();
-                tracing::warn!(reason = %why, "malformed run reply relayed as such");
-                unsigned(Reply::error(
-                    ErrorType::MalformedResponse,
-                    format!("malformed backend reply: {why}"),
-                ))
-            }
-        };
-        let mut publication =
-            Publication::new(Kind::Run.response(PUBLIC_PREFIX), reply.to_payload());
-        publication.correlation_id = msg.meta.correlation_id;
-        if let Err(publication) = self.relay.try_send(publication) {
-            let relay = self.relay.clone();
-            ctx.wait(async move { relay.send(publication).await }.into_actor(self));
-        }
-    }
-}
-
-impl Handler<Incoming<RunRecorded>> for Router {
-    type Result = ();
-    fn handle(&mut self, msg: Incoming<RunRecorded>, ctx: &mut Self::Context) {
-        let RouterBackend::Events { prefix } = &self.config.backend else {
-            return;
-        };
-        let name = format!("{prefix}.run.recorded");
-        self.relay_as(name, msg, ctx);
     }
 }
 

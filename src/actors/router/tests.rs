@@ -6,6 +6,7 @@ use super::*;
 use crate::actors::bus::requester::{first_reply, Request};
 use crate::broker::memory::{HubConfig, MemoryBroker};
 use crate::contract::replies::{InputAccepted, RunnerStarted};
+use crate::contract::ErrorType;
 use crate::contract::{RunResult, WorkerReply};
 use futures::StreamExt;
 use serde_json::json;

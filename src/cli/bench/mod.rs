@@ -4,6 +4,7 @@
 mod e2e;
 mod events;
 mod fault_soak;
+mod fault_stack;
 mod nats;
 mod responder;
 mod router;

@@ -4,16 +4,19 @@
 //! 401/403 failing fast, readiness while a required listener is down,
 //! bounded publish retries, token refresh from the token file.
 
-use super::listener::{ListenerGuard, ListenerHealth};
-use super::{Broker, BrokerError, Delivery, Event, EventStream, SubscribeSpec};
+mod stream;
+
+use super::listener::ListenerHealth;
+use super::{Broker, BrokerError, Delivery, EventStream, SubscribeSpec};
 use crate::contract::{Envelope, ErrorBody, Publication};
 use crate::credentials::{Token, TokenSource};
 use crate::parse::{env_bool, env_duration};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use stream::{Body, StreamState};
 
 /// The payload limit assumed until the Events API has said its own.
 const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
@@ -243,104 +246,6 @@ fn status_error(status: u16, body: &[u8]) -> BrokerError {
         400 | 404 => BrokerError::BadRequest(message),
         413 => BrokerError::TooLarge(message),
         _ => BrokerError::Unavailable(message),
-    }
-}
-
-/// A stream response's body.
-type Body =
-    futures::stream::LocalBoxStream<'static, Result<bytes::Bytes, awc::error::PayloadError>>;
-
-/// The state of one HTTP subscription between polls.
-struct StreamState {
-    inner: Arc<Inner>,
-    spec: SubscribeSpec,
-    guard: ListenerGuard,
-    response: Option<Body>,
-    buf: BytesMut,
-    backoff: Duration,
-    done: bool,
-}
-
-impl StreamState {
-    /// The next complete, non-empty line in the buffer, parsed.
-    fn next_buffered(&mut self) -> Option<Result<Arc<Event>, BrokerError>> {
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let line = self.buf.split_to(pos + 1);
-            let line = line.strip_suffix(b"\n").unwrap_or(&line);
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue; // heartbeat
-            }
-            match serde_json::from_slice::<Envelope>(line) {
-                Ok(env) => return Some(Ok(Event::new(env))),
-                Err(e) => {
-                    tracing::warn!(event = %self.spec.name, error = %e, "skipping a malformed line on the events stream")
-                }
-            }
-        }
-        None
-    }
-
-    /// Reads until an event, the end, or a failure.
-    async fn next(mut self) -> Option<(Result<Arc<Event>, BrokerError>, Self)> {
-        loop {
-            if let Some(item) = self.next_buffered() {
-                return Some((item, self));
-            }
-            if self.done {
-                return None;
-            }
-            let Some(mut resp) = self.response.take() else {
-                // Disconnected: reconnect (replay only ever on the first
-                // connection, or it would repeat events).
-                actix_rt::time::sleep(self.backoff).await;
-                self.inner.refresh();
-                match self.inner.connect(&self.spec, false).await {
-                    Ok(resp) => {
-                        tracing::info!(event = %self.spec.name, "events stream reconnected");
-                        self.guard.set_connected(true);
-                        self.response = Some(resp);
-                        self.backoff = self.inner.config.retry.map(|r| r.min).unwrap_or_default();
-                    }
-                    Err(e) if e.is_fatal() => {
-                        self.done = true;
-                        return Some((Err(e), self));
-                    }
-                    Err(e) => {
-                        let max = self.inner.config.retry.map(|r| r.max).unwrap_or_default();
-                        tracing::warn!(event = %self.spec.name, error = %e, retry_in = ?self.backoff, "events stream reconnect failed");
-                        self.backoff = (self.backoff * 2).min(max);
-                    }
-                }
-                continue;
-            };
-            let idle = self.inner.config.idle_timeout;
-            let ended = match actix_rt::time::timeout(idle, resp.next()).await {
-                Ok(Some(Ok(chunk))) => {
-                    self.buf.extend_from_slice(chunk.chunk());
-                    if self.buf.len() > MAX_LINE {
-                        Some(format!("a line longer than {MAX_LINE} bytes"))
-                    } else {
-                        self.response = Some(resp);
-                        None
-                    }
-                }
-                Ok(Some(Err(e))) => Some(format!("read failed: {e}")),
-                Ok(None) => Some("the server closed the stream".to_owned()),
-                Err(_) => Some(format!("no data or heartbeat for {idle:?}")),
-            };
-            let Some(reason) = ended else { continue };
-            self.buf.clear();
-            self.guard.set_connected(false);
-            if !self.spec.follow && reason.contains("closed") {
-                self.done = true;
-                continue;
-            }
-            if self.inner.config.retry.is_none() {
-                self.done = true;
-                return Some((Err(BrokerError::Closed(reason)), self));
-            }
-            tracing::warn!(event = %self.spec.name, reason = %reason, "events stream lost; reconnecting");
-        }
     }
 }
 
