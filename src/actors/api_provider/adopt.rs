@@ -37,6 +37,7 @@ impl Handler<Adopt> for ApiProvider {
             }
             run.verify_at = Some(now + VERIFY_AFTER);
             self.metrics.in_flight.inc();
+            self.status_cache.forget(&r.owner_account_id);
             self.runs.insert(r.run_id, run);
         }
         n

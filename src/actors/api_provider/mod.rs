@@ -33,6 +33,7 @@ pub mod messages;
 mod outcome;
 mod runs;
 mod status;
+mod status_cache;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -123,6 +124,8 @@ pub struct ApiProvider {
     /// sent again.
     ended: HashMap<String, (String, Option<String>)>,
     ended_order: VecDeque<String>,
+    /// What `status` answered lately.
+    status_cache: status_cache::StatusCache,
 }
 
 /// Says whether something this actor depends on is up.
@@ -153,6 +156,7 @@ impl ApiProvider {
             bus_ready: Arc::new(|| Ok(())),
             ended: HashMap::new(),
             ended_order: VecDeque::new(),
+            status_cache: Default::default(),
         }
     }
 

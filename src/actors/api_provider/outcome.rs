@@ -237,6 +237,7 @@ impl Handler<Incoming<RunAccepted>> for ApiProvider {
         if e.worker_id.is_empty() {
             return;
         }
+        self.status_cache.forget(&e.owner_account_id);
         let Some(run) = self.live_run(msg.meta.service, &e.run_id, &e.owner_account_id) else {
             return;
         };

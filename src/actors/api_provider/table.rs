@@ -100,6 +100,7 @@ impl ApiProvider {
         if limit > 0 && n >= limit {
             return Err(n);
         }
+        self.status_cache.forget(&run.owner);
         self.runs.insert(run_id.to_owned(), run);
         Ok(())
     }
@@ -107,6 +108,7 @@ impl ApiProvider {
     /// The run ended (or was deleted): waiters and followers get `result`.
     pub(super) fn end(&mut self, run_id: &str, result: &Reply<RunResult>) {
         if let Some(run) = self.runs.remove(run_id) {
+            self.status_cache.forget(&run.owner);
             for w in run.waiters {
                 let _ = w.send(result.clone());
             }

@@ -8,7 +8,8 @@ use super::usage::{Usage, UsageData};
 use super::*;
 use crate::actors::bus::{Incoming, Meta};
 use crate::contract::replies::{
-    DeleteRequest, Deleted, InputRequest, RunFate, RunQuery, RunQueryAnswer, StatusRequest,
+    DeleteRequest, Deleted, InputRequest, RunFate, RunQuery, RunQueryAnswer, StatusItem,
+    StatusReply, StatusRequest,
 };
 use crate::contract::wire::{RunnerDeleteRequest, RunnerStartRequest, RunnerStatusRequest};
 use crate::contract::{
@@ -35,6 +36,7 @@ struct Seen {
     deletes: Vec<DeleteRequest>,
     queries: Vec<RunQuery>,
     recorded: Vec<RunRecorded>,
+    statuses: usize,
 }
 
 struct MockBackend {
@@ -147,9 +149,28 @@ macro_rules! static_answers {
     )*};
 }
 
+/// Lists the runs submitted so far as running.
+impl Handler<Ask<StatusRequest>> for MockBackend {
+    type Result = Result<Reply<StatusReply>, ErrorDetail>;
+    fn handle(&mut self, ask: Ask<StatusRequest>, _: &mut Self::Context) -> Self::Result {
+        let mut seen = self.seen.lock().unwrap();
+        seen.statuses += 1;
+        let items = seen
+            .submitted
+            .iter()
+            .map(|(run_id, _)| StatusItem {
+                id: run_id.clone(),
+                state: RunState::Running,
+                owner_account_id: Some(ask.owner.clone()),
+                details: None,
+            })
+            .collect();
+        Ok(Reply::Ok(StatusReply { items }))
+    }
+}
+
 static_answers!(
     InputRequest,
-    StatusRequest,
     RunnerStatusRequest,
     RunnerStartRequest,
     RunnerDeleteRequest
@@ -380,4 +401,41 @@ async fn a_bad_run_is_refused_before_anything_is_recorded() {
     assert!(r.usage.lock().unwrap().is_empty());
     let page = r.store.list("alice", 10, None).await.unwrap();
     assert!(page.items.is_empty());
+}
+
+#[actix_rt::test]
+async fn status_is_served_again_for_a_second_but_a_run_of_the_caller_shows_at_once() {
+    let r = rig(Worker::Holds, |_| {});
+    let status = |owner: &str| {
+        r.provider.send(messages::Status {
+            owner: owner.into(),
+        })
+    };
+    let ids = |v: &messages::StatusView| v.items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    let first = status("alice").await.unwrap().unwrap();
+    assert_eq!(ids(&first), ["runner"]);
+    let again = status("alice").await.unwrap().unwrap();
+    assert_eq!(ids(&again), ["runner"]);
+    assert_eq!(
+        r.seen.lock().unwrap().statuses,
+        1,
+        "the second one from the first's answer"
+    );
+    status("bob").await.unwrap().unwrap();
+    assert_eq!(
+        r.seen.lock().unwrap().statuses,
+        2,
+        "each account its own runs"
+    );
+
+    // The caller starts a run here: its status asks again and lists it.
+    let run_id = r.accepted().await;
+    let after = status("alice").await.unwrap().unwrap();
+    assert_eq!(ids(&after), ["runner".to_string(), run_id]);
+    assert_eq!(r.seen.lock().unwrap().statuses, 3);
+
+    // Past the freshness bound, asked again.
+    actix_rt::time::sleep(status_cache::STATUS_FRESH + Duration::from_millis(100)).await;
+    status("bob").await.unwrap().unwrap();
+    assert_eq!(r.seen.lock().unwrap().statuses, 4);
 }
