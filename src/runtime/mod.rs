@@ -123,6 +123,38 @@ pub enum RuntimeError {
     Unavailable(String),
     #[error("container engine error: {0}")]
     Engine(String),
+    /// The engine could not execute the command: `code` is what `docker
+    /// run` exits with (127 not found, 126 not executable).
+    #[error("{reason}")]
+    NotRunnable { code: i64, reason: String },
+}
+
+/// Whether an engine's refusal to start a process means its command
+/// cannot run, by `docker run`'s rule: 127 for a command not found, 126
+/// for one that is not executable; with the engine's one-line reason
+/// (from `exec: ` on, when it says so).
+pub fn not_runnable(message: &str) -> Option<(i64, String)> {
+    let code = if message.contains("executable file not found")
+        || message.contains("no such file or directory")
+        || message.contains("not found in $PATH")
+    {
+        127
+    } else if message.contains("permission denied") || message.contains("is a directory") {
+        126
+    } else {
+        return None;
+    };
+    let line = message.lines().next().unwrap_or_default();
+    let reason = match line.rfind("exec: ") {
+        Some(i) => &line[i + "exec: ".len()..],
+        None => line,
+    };
+    let reason = match reason.rfind(" (HTTP ") {
+        Some(i) if reason.ends_with(')') => &reason[..i],
+        _ => reason,
+    };
+    let reason = reason.trim_end_matches(": unknown").trim();
+    Some((code, reason.to_owned()))
 }
 
 /// What the worker needs from a container engine.
@@ -255,3 +287,33 @@ fn refuse<T: 'static>(
 
 /// A runtime shared by the actors of a worker.
 pub type SharedRuntime = Arc<dyn ContainerRuntime>;
+
+#[cfg(test)]
+mod not_runnable_tests {
+    use super::not_runnable;
+
+    #[test]
+    fn docker_and_podman_refusals_exit_as_docker_run_does() {
+        let docker = r#"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "no-such-command": executable file not found in $PATH: unknown (HTTP 400)"#;
+        assert_eq!(
+            not_runnable(docker),
+            Some((
+                127,
+                r#""no-such-command": executable file not found in $PATH"#.into()
+            ))
+        );
+        let dir = r#"OCI runtime create failed: runc create failed: unable to start container process: exec: "/etc": permission denied: unknown"#;
+        assert_eq!(
+            not_runnable(dir),
+            Some((126, r#""/etc": permission denied"#.into()))
+        );
+        let podman = "crun: executable file `nosuch` not found in $PATH: No such file or directory: OCI runtime attempted to invoke a command that was not found";
+        assert_eq!(not_runnable(podman).map(|r| r.0), Some(127));
+        let attach = r#"preparing container 1f for attach: runc: runc create failed: unable to start container process: exec: "x": executable file not found in $PATH: OCI runtime attempted to invoke a command that was not found (HTTP 409)"#;
+        assert_eq!(
+            not_runnable(attach).unwrap().1,
+            r#""x": executable file not found in $PATH: OCI runtime attempted to invoke a command that was not found"#
+        );
+        assert_eq!(not_runnable("cannot allocate memory"), None);
+    }
+}

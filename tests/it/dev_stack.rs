@@ -313,3 +313,77 @@ async fn two_dev_stacks_on_one_engine_leave_each_others_runs_alone() {
     assert_eq!(named.worker_id(), "dev-from-env");
     drop((second, third, again, named));
 }
+
+/// As `docker run`: a command that is not in the image exits 127, one
+/// that is not executable 126 — a `failed` run with the engine's reason,
+/// cold (an explicit image) and pooled (the codex profile's warm pool).
+#[actix_rt::test]
+async fn a_command_that_cannot_run_exits_127_or_126_as_docker_run() {
+    let Some(docker) = engine().await else { return };
+    let dev = start_dev(&["--pool-size", "1"], |_| {});
+    let run = |target: &[&str], command: &[&str], format: &str| {
+        let mut c = containers(&dev);
+        c.args(["run", "--format", format])
+            .args(target)
+            .arg("--")
+            .args(command);
+        c.output().unwrap()
+    };
+    let image = ["--image", "bus-busybox:latest"];
+    let pooled = ["--profile", "codex"];
+    for (target, command, code, says) in [
+        (
+            &image[..],
+            "no-such-command",
+            127,
+            "executable file not found",
+        ),
+        (&image[..], "/etc", 126, "permission denied"),
+        (
+            &pooled[..],
+            "no-such-command",
+            127,
+            "executable file not found",
+        ),
+        (&pooled[..], "/etc", 126, "permission denied"),
+    ] {
+        let out = run(target, &[command], "json");
+        let what = format!("{target:?} {command}");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{what}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(result["state"], "failed", "{what}: {result}");
+        assert_eq!(result["exit_code"], code, "{what}: {result}");
+        assert_eq!(
+            result["stdout"], "",
+            "{what}: the engine's words are not output"
+        );
+        let reason = result["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(says), "{what}: {result}");
+        assert!(result["stderr"].as_str().unwrap().contains(says), "{what}");
+        // The record says the same (`wait` reads it back over REST).
+        let run_id = result["run_id"].as_str().unwrap();
+        let mut c = containers(&dev);
+        let again = c
+            .args(["--format", "json", "wait", run_id])
+            .output()
+            .unwrap();
+        assert_eq!(again.status.code(), Some(code), "{what}");
+        let record: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+        assert_eq!(record["state"], "failed", "{what}: {record}");
+        assert_eq!(record["exit_code"], code, "{what}: {record}");
+    }
+    // Text output prints the reason on stderr and exits the same.
+    let out = run(&image, &["no-such-command"], "text");
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
+    // Nothing left but the warm pool's idle container.
+    let worker_id = dev.worker_id();
+    let left = docker.list_managed(&worker_id).await.unwrap();
+    assert!(left.len() <= 1, "only the pool's container: {left:?}");
+}

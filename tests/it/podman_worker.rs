@@ -33,6 +33,15 @@ async fn podman_runs_times_out_feeds_stdin_and_cleans_up() {
         .run(json!({"profile": "codex", "args": ["cat"], "stdin": "via podman"}))
         .await;
     assert_eq!(fed["stdout"], "via podman", "{fed}");
+    // As `docker run`: not in the image 127, not executable 126.
+    for (command, code) in [("no-such-command", 127), ("/etc", 126)] {
+        let r = f.run(json!({"profile": "codex", "args": [command]})).await;
+        assert_eq!(
+            (r["state"].as_str(), r["exit_code"].as_i64()),
+            (Some("failed"), Some(code)),
+            "{r}"
+        );
+    }
 
     let (run, _) = f.start_run(json!({"run_id": "run_pod_cat", "owner_account_id": "alice", "profile": "codex", "args": ["cat"], "interactive": true})).await;
     let wid = f.worker_id.clone();

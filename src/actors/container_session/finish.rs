@@ -26,6 +26,19 @@ impl ContainerSession {
 
     /// The run could not start.
     pub(super) fn fail(&mut self, e: RuntimeError, ctx: &mut Context<Self>) {
+        if let RuntimeError::NotRunnable { code, reason } = e {
+            // As `docker run`: the run failed with the shell's exit code.
+            let ending = Ending {
+                exit_code: Some(code),
+                ..Default::default()
+            };
+            let mut result = self.result(&ending, Instant::now(), crate::contract::now_rfc3339());
+            result.stderr = format!("{reason}\n");
+            result.reason = Some(reason);
+            tracing::info!(run_id = %result.run_id, exit_code = code, reason = ?result.reason, "run failed: its command cannot run");
+            self.finish_with(Reply::Ok(result), ctx);
+            return;
+        }
         let detail = match &e {
             RuntimeError::ImageMissing(_) => ErrorDetail::new(
                 ErrorType::BadRequest,
@@ -88,6 +101,10 @@ impl ContainerSession {
             }
             .into_actor(self)
             .map(move |inspected, act, ctx| {
+                if let Some(refused) = act.exec_refused(code) {
+                    act.fail(refused, ctx);
+                    return;
+                }
                 let info = inspected.unwrap_or_default();
                 let ending = Ending {
                     exit_code: if code >= 0 { Some(code) } else { info.exit_code },
@@ -100,6 +117,22 @@ impl ContainerSession {
                 act.finish_with(Reply::Ok(result), ctx);
             }),
         );
+    }
+
+    /// A pooled run whose exec the engine could not start exits 126 with
+    /// the engine's message as its only output: the run failed as a cold
+    /// one would have (127 or 126, the reason, no output of its own).
+    fn exec_refused(&mut self, code: i64) -> Option<RuntimeError> {
+        if self.exec_id.is_none() || code != 126 || self.stdout.truncated {
+            return None;
+        }
+        let said = self.stdout.text();
+        if !said.starts_with("OCI runtime exec failed") && !said.starts_with("crun: ") {
+            return None;
+        }
+        let (code, reason) = crate::runtime::not_runnable(said.trim())?;
+        self.stdout = super::output::Capture::new(self.cx.output_cap);
+        Some(RuntimeError::NotRunnable { code, reason })
     }
 
     fn result(&self, ending: &Ending, ended: Instant, finished_at: String) -> RunResult {

@@ -105,6 +105,19 @@ fn map_err(e: BollardError) -> RuntimeError {
     }
 }
 
+/// An error of a call that starts a run's process (attach prepares the
+/// container on Podman, start on Docker): a command that cannot run is
+/// [`RuntimeError::NotRunnable`].
+fn process_err(e: BollardError) -> RuntimeError {
+    match map_err(e) {
+        RuntimeError::Engine(m) => match crate::runtime::not_runnable(&m) {
+            Some((code, reason)) => RuntimeError::NotRunnable { code, reason },
+            None => RuntimeError::Engine(m),
+        },
+        other => other,
+    }
+}
+
 impl DockerRuntime {
     /// A runtime for `host` (`unix:///...` or `tcp://...`); `provider` is
     /// what runs report (`docker` or `podman`).
@@ -250,7 +263,7 @@ impl ContainerRuntime for DockerRuntime {
                 .await?
                 .attach_container(&id, Some(options))
                 .await
-                .map_err(map_err)?;
+                .map_err(process_err)?;
             let output = chunks(attached.output);
             let input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite>>> =
                 if stdin { Some(attached.input) } else { None };
@@ -269,7 +282,7 @@ impl ContainerRuntime for DockerRuntime {
                     None::<bollard::query_parameters::StartContainerOptions>,
                 )
                 .await
-                .map_err(map_err)
+                .map_err(process_err)
         }
         .boxed_local()
     }
