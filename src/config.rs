@@ -64,6 +64,18 @@ pub struct WorkerSection {
     pub egress_upstream_ca: Option<String>,
 }
 
+/// The key of the egress proxy's image in [`Config::images`].
+pub const EGRESS_PROXY: &str = "egress proxy";
+
+/// How to get `image` where no registry can be reached.
+pub fn build_hint(key: &str, image: &str) -> String {
+    if key == EGRESS_PROXY {
+        format!("scripts/build-egress-image target/release/bus {image}")
+    } else {
+        format!("scripts/build-test-image {image}")
+    }
+}
+
 impl Default for WorkerSection {
     fn default() -> Self {
         WorkerSection {
@@ -112,6 +124,27 @@ impl SandboxSettings {
             drop_capabilities: over.drop_capabilities.or(self.drop_capabilities),
             no_new_privileges: over.no_new_privileges.or(self.no_new_privileges),
         }
+    }
+
+    /// A limit of 0 (or less) would remove it: refused. There is no "no
+    /// limit" setting; a run without one could take the host down.
+    fn check_limits(&self, section: &str) -> Result<(), String> {
+        let zero = |key: &str| {
+            format!("{section}.{key} must be greater than 0 (0 would remove the limit; there is no unlimited setting)")
+        };
+        if self.memory_mb == Some(0) {
+            return Err(zero("memory_mb"));
+        }
+        if self.cpus.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return Err(zero("cpus"));
+        }
+        if self.cpus.is_some_and(|c| c * 1e9 < 1.0e7) {
+            return Err(format!("{section}.cpus must be at least 0.01"));
+        }
+        if self.pids_limit.is_some_and(|p| p <= 0) {
+            return Err(zero("pids_limit"));
+        }
+        Ok(())
     }
 
     /// The container limits these settings give (built-in defaults where
@@ -297,6 +330,21 @@ impl Config {
         }
     }
 
+    /// The images runs need, by profile name; sandboxed profiles need
+    /// the proxy's image too (under `egress proxy`: no profile name has
+    /// a space).
+    pub fn images(&self) -> BTreeMap<String, String> {
+        let mut images: BTreeMap<String, String> = self
+            .profiles
+            .iter()
+            .filter_map(|(name, p)| p.image.clone().map(|i| (name.clone(), i)))
+            .collect();
+        if self.profiles.values().any(|p| !p.egress.is_empty()) {
+            images.insert(EGRESS_PROXY.into(), self.worker.egress_image.clone());
+        }
+        images
+    }
+
     fn check(&self) -> Result<(), String> {
         if self.worker.max_timeout_seconds == 0 {
             return Err("worker.max_timeout_seconds must be greater than 0".into());
@@ -316,7 +364,9 @@ impl Config {
             glob::Pattern::new(pattern)
                 .map_err(|e| format!("worker.allowed_images: {pattern:?}: {e}"))?;
         }
+        self.defaults.check_limits("defaults")?;
         for (name, p) in &self.profiles {
+            p.sandbox.check_limits(&format!("profiles.{name}"))?;
             crate::contract::validate_name(name).map_err(|_| {
                 format!("profile name {name:?}: use lowercase letters, digits, '_' and '-'")
             })?;

@@ -169,16 +169,34 @@ impl Handler<Status> for Runner {
             .into_actor(self)
             .map(|profiles, act, _| {
                 let provider = act.runtime.provider().to_owned();
+                let mut state = *act.state.borrow();
+                let mut error = act.last_error.clone();
+                let missing: Vec<String> = profiles
+                    .iter()
+                    .filter(|(_, p)| p.present == Some(false))
+                    .map(|(key, p)| {
+                        format!(
+                            "{key}: image {} is missing (runner start pulls it; offline: {})",
+                            p.image,
+                            crate::config::build_hint(key, &p.image)
+                        )
+                    })
+                    .collect();
+                if state == RunnerState::Ready && !missing.is_empty() {
+                    // Its runs would fail: not ready until runner start.
+                    state = RunnerState::Stopped;
+                    error = Some(missing.join("; "));
+                }
                 RunnerStatusReply {
                     status: RunnerStatus {
-                        state: *act.state.borrow(),
+                        state,
                         provider: Some(provider.clone()),
                         details: Some(RunnerDetails {
                             provider: Some(provider),
                             worker_id: Some(act.config.worker_id.clone()),
                             engine_version: act.engine.clone(),
                             profiles,
-                            error: act.last_error.clone(),
+                            error,
                             ..Default::default()
                         }),
                         error: None,

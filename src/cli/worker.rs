@@ -273,13 +273,23 @@ fn self_test(
         ));
     }
     if let Engine::Containers(runtime) = engine(args, flavour) {
-        actix_rt::System::new()
-            .block_on(runtime.ping())
-            .map_err(|e| {
+        let images = settings.config.images();
+        actix_rt::System::new().block_on(async {
+            runtime.ping().await.map_err(|e| {
                 Failure::error(format!(
                     "self-test: {e} (use --provider static to test without an engine)"
                 ))
             })?;
+            for (key, image) in &images {
+                if !runtime.image_present(image).await.unwrap_or(false) {
+                    return Err(Failure::error(format!(
+                        "self-test: {key}: image {image} is not on the engine (`bus containers runner start` pulls it; offline, build it: {})",
+                        crate::config::build_hint(key, image)
+                    )));
+                }
+            }
+            Ok(())
+        })?;
     }
     super::print_line(&format!("bus-integration-{name} self-test OK"))?;
     Ok(())

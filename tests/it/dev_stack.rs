@@ -387,3 +387,45 @@ async fn a_command_that_cannot_run_exits_127_or_126_as_docker_run() {
     let left = docker.list_managed(&worker_id).await.unwrap();
     assert!(left.len() <= 1, "only the pool's container: {left:?}");
 }
+
+/// A profile whose image is not on the engine: the runner is not
+/// `ready`, and its status says which image and how to build it.
+#[actix_rt::test]
+async fn a_missing_profile_image_shows_in_the_runner_status() {
+    if engine().await.is_none() {
+        return;
+    }
+    let dev = start_dev_with(
+        &["--container-codex-image", "bus-busybox:not-built"],
+        &[],
+        |_| {},
+    );
+    let mut status = serde_json::Value::Null;
+    // Until its worker's first heartbeat, the runner is `unavailable`.
+    for _ in 0..50 {
+        let out = containers(&dev)
+            .args(["--format", "json", "status"])
+            .output()
+            .unwrap();
+        status = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        if status["items"][0]["state"] != "unavailable" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let runner = &status["items"][0];
+    assert_eq!(runner["id"], "runner", "{status}");
+    assert_eq!(runner["state"], "stopped", "{status}");
+    let worker = &runner["details"]["workers"][dev.worker_id()];
+    assert_eq!(worker["state"], "stopped", "{status}");
+    let error = worker["details"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("bus-busybox:not-built") && error.contains("scripts/build-test-image"),
+        "{status}"
+    );
+    assert_eq!(
+        worker["details"]["profiles"]["codex"]["present"], false,
+        "{status}"
+    );
+}

@@ -268,6 +268,38 @@ fn self_tests_and_flags() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("memroy_mb"));
+    // A limit of 0 would remove it: refused at start-up, by the worker
+    // and by `bus dev`, naming the key.
+    for (body, key) in [
+        ("[defaults]\ncpus = 0\n", "defaults.cpus"),
+        ("[defaults]\nmemory_mb = 0\n", "defaults.memory_mb"),
+        (
+            "[profiles.codex]\npids_limit = 0\n",
+            "profiles.codex.pids_limit",
+        ),
+        ("[profiles.codex]\ncpus = -1.5\n", "profiles.codex.cpus"),
+    ] {
+        std::fs::write(&bad, body).unwrap();
+        for command in [
+            &["integration", "docker", "--self-test"][..],
+            &["dev", "--addr", "127.0.0.1:0"][..],
+        ] {
+            let data = tempfile::tempdir().unwrap();
+            let out = bus()
+                .args(command)
+                .args(["--config", bad.to_str().unwrap()])
+                .env("BUS_DATA_DIR", data.path())
+                .env("BUS_CONFIG_DIR", data.path())
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command:?} {body}: {said}");
+            assert!(
+                said.contains(key) && said.contains("greater than 0"),
+                "{command:?}: {said}"
+            );
+        }
+    }
     let out = bus()
         .args([
             "integration",
@@ -297,6 +329,25 @@ fn self_tests_and_flags() {
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
             "bus-integration-docker self-test OK"
+        );
+        // A profile image that is not on the engine fails the self-test.
+        let out = bus()
+            .args(["integration", "docker", "--self-test"])
+            .env("DOCKER_CONTAINER_CODEX_IMAGE", "bus-busybox:not-built")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{said}");
+        assert!(
+            said.contains("codex: image bus-busybox:not-built is not on the engine")
+                && said.contains("scripts/build-test-image"),
+            "{said}"
+        );
+    } else {
+        println!("skipped: the self-test against a real engine (no docker here)");
+        assert!(
+            std::env::var("BUS_TEST_DOCKER").as_deref() != Ok("required"),
+            "BUS_TEST_DOCKER=required but docker info fails"
         );
     }
 }

@@ -293,16 +293,7 @@ impl Actor for DockerWorker {
         ctx.set_mailbox_capacity(4096);
         if let Engine::Containers(runtime) = &self.engine {
             let config = &self.config.settings.config;
-            let mut images: BTreeMap<String, String> = config
-                .profiles
-                .iter()
-                .filter_map(|(name, p)| p.image.clone().map(|i| (name.clone(), i)))
-                .collect();
-            // Sandboxed profiles need the proxy's image too (the key is no
-            // profile name: those have no spaces).
-            if config.profiles.values().any(|p| !p.egress.is_empty()) {
-                images.insert("egress proxy".into(), config.worker.egress_image.clone());
-            }
+            let images = config.images();
             let runner_config = RunnerConfig {
                 worker_id: self.config.worker_id().to_owned(),
                 images,
