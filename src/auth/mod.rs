@@ -9,7 +9,7 @@ mod secret;
 mod token;
 
 pub use acl::{Acl, DEFAULT_PROTECTED_PREFIXES};
-pub use secret::{decode_secret, Secrets};
+pub use secret::{check_length, decode_secret, Secrets, MIN_SECRET_BYTES};
 pub use token::{issue_token, IssueRequest};
 
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
@@ -82,6 +82,8 @@ pub enum AuthError {
     Algorithm,
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf is in the future)")]
+    NotYetValid,
     #[error("token is issued in the future (iat more than {IAT_LEEWAY_SECS}s ahead)")]
     IssuedInFuture,
     #[error("token has no {0} claim")]
@@ -129,7 +131,9 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "aud"]);
+        // exp and nbf alike, to the second.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         Verifier {
             keys: secrets.all().map(DecodingKey::from_secret).collect(),
             validation,
@@ -199,6 +203,7 @@ impl Verifier {
             K::InvalidSignature => AuthError::BadSignature,
             K::InvalidAlgorithm | K::InvalidAlgorithmName => AuthError::Algorithm,
             K::ExpiredSignature => AuthError::Expired,
+            K::ImmatureSignature => AuthError::NotYetValid,
             K::InvalidAudience => AuthError::Audience(self.audience.clone()),
             K::MissingRequiredClaim(c) if c == "exp" => AuthError::MissingClaim("exp"),
             K::MissingRequiredClaim(c) if c == "aud" => AuthError::MissingClaim("aud"),

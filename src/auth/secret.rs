@@ -18,6 +18,24 @@ pub fn decode_secret(value: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The shortest signing secret accepted: HS256 is only as strong as its
+/// key, and a short one can be guessed offline from any token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses a secret shorter than [`MIN_SECRET_BYTES`], saying how to make one.
+pub fn check_length(name: &str, secret: &[u8]) -> Result<(), String> {
+    if secret.is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "{name} is {} bytes; a signing secret must be at least {MIN_SECRET_BYTES} (make one: printf 'base64:%s' \"$(head -c 32 /dev/urandom | base64)\")",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The verification secrets of one server: the current one and, during a
 /// rotation, the previous one.
 #[derive(Clone, Default)]
@@ -55,12 +73,12 @@ impl Secrets {
                 )
             })?;
         let current = decode_secret(&value).map_err(|e| format!("{name}: {e}"))?;
-        if current.is_empty() {
-            return Err(format!("{name} is empty"));
-        }
+        check_length(name, &current)?;
         let previous = match std::env::var(previous) {
             Ok(v) if !v.is_empty() => {
-                Some(decode_secret(&v).map_err(|e| format!("{previous}: {e}"))?)
+                let old = decode_secret(&v).map_err(|e| format!("{previous}: {e}"))?;
+                check_length(previous, &old)?;
+                Some(old)
             }
             _ => None,
         };

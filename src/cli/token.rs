@@ -69,9 +69,11 @@ fn secret(args: &IssueArgs) -> Result<Vec<u8>, Failure> {
         })?,
     };
     let secret = decode_secret(&text).map_err(Failure::usage)?;
-    if secret.is_empty() {
-        return Err(Failure::usage("the signing secret is empty"));
-    }
+    let name = match &args.hs256_secret_file {
+        Some(path) => path.display().to_string(),
+        None => "BUS_AUTH_HS256_SECRET".to_owned(),
+    };
+    crate::auth::check_length(&name, &secret).map_err(Failure::usage)?;
     Ok(secret)
 }
 

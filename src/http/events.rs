@@ -29,11 +29,18 @@ pub struct EventsApi {
 }
 
 /// Verifies the bearer token of `req`.
+/// Two `Authorization` headers are a bad request: which one a proxy and
+/// this server each read could differ.
 pub fn bearer_identity(req: &HttpRequest, verifier: &Verifier) -> Result<Identity, ApiError> {
-    let header = req
+    let mut headers = req
         .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
+        .get_all(actix_web::http::header::AUTHORIZATION);
+    let header = headers.next().map(|v| v.to_str().unwrap_or("\u{0}"));
+    if headers.next().is_some() {
+        return Err(ApiError::bad_request(
+            "more than one Authorization header: send exactly one",
+        ));
+    }
     Ok(verifier.verify_header(header)?)
 }
 

@@ -112,4 +112,82 @@ fn the_provider_refuses_bad_flags() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // A signing secret shorter than 32 bytes is refused, by every
+    // server and by local issuance, saying how long it must be.
+    for args in [
+        &["api-provider", "containers", "--addr", "127.0.0.1:0"][..],
+        &["api-provider", "events", "--addr", "127.0.0.1:0"][..],
+        &["operator", "token", "issue", "--local"][..],
+    ] {
+        let out = bus()
+            .args(args)
+            .env("BUS_API_JWT_SECRET", "short-secret")
+            .env("BUS_AUTH_HS256_SECRET", "short-secret")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(
+            said.contains("12 bytes") && said.contains("at least 32"),
+            "{args:?}: {said}"
+        );
+        assert!(
+            !said.contains("short-secret"),
+            "the secret is never echoed: {said}"
+        );
+    }
+}
+
+/// `nbf` is honoured as `exp` is; two `Authorization` headers are 400.
+#[test]
+fn not_before_and_a_second_authorization_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let signed = |nbf: i64| {
+        let claims = serde_json::json!({
+            "sub": "alice", "aud": bus_containers::auth::AUDIENCE_API, "iat": now,
+            "exp": now + 600, "nbf": nbf, "scope": ALL,
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    };
+    let status = |headers: &[String]| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-o", "/dev/stderr", "-w", "%{http_code}"]);
+        for h in headers {
+            c.args(["-H", h]);
+        }
+        let out = c
+            .arg(format!("{}/api/v1/containers/status", p.url()))
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let bearer = |t: &str| format!("Authorization: Bearer {t}");
+    let (code, body) = status(&[bearer(&signed(now + 3600))]);
+    assert_eq!(code, "401", "{body}");
+    assert!(
+        body.contains("invalid_auth") && body.contains("not valid yet"),
+        "{body}"
+    );
+    let (code, body) = status(&[bearer(&signed(now - 5))]);
+    assert_eq!(code, "200", "{body}");
+    let good = token("alice", ALL);
+    let (code, body) = status(&[bearer(&good), bearer(&good)]);
+    assert_eq!(code, "400", "{body}");
+    assert!(
+        body.contains("bad_request") && body.contains("more than one Authorization header"),
+        "{body}"
+    );
 }

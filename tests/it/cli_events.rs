@@ -6,7 +6,7 @@ use base64::Engine;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-const RAW_SECRET: &str = "cli-secret-value";
+const RAW_SECRET: &str = "cli-secret-value-0123456789-abcdef";
 
 fn server() -> Process {
     let mut cmd = bus();
@@ -213,7 +213,10 @@ fn refusals_are_clear() {
     // A token signed with another secret.
     let out = bus()
         .args(["operator", "token", "issue", "--local"])
-        .env("BUS_AUTH_HS256_SECRET", "another-secret")
+        .env(
+            "BUS_AUTH_HS256_SECRET",
+            "another-secret-0123456789-abcdefghij",
+        )
         .output()
         .unwrap();
     let wrong = text(&out.stdout).trim().to_owned();

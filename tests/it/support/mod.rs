@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const SECRET: &[u8] = b"test-secret-0123456789";
+pub const SECRET: &[u8] = b"test-secret-0123456789-abcdefghijk";
 pub const ADMIN: &str = "events:admin";
 
 pub fn mint(sub: &str, scopes: &str) -> String {
