@@ -17,6 +17,8 @@ pub enum ErrorType {
     /// The run is not in a state that allows this (ours: 409).
     Conflict,
     PayloadTooLarge,
+    /// A body that is not JSON by its `Content-Type` (ours: 415).
+    UnsupportedMediaType,
     RateLimited,
     Timeout,
     Unavailable,
@@ -37,6 +39,7 @@ impl ErrorType {
             ErrorType::MethodNotAllowed => "method_not_allowed",
             ErrorType::Conflict => "conflict",
             ErrorType::PayloadTooLarge => "payload_too_large",
+            ErrorType::UnsupportedMediaType => "unsupported_media_type",
             ErrorType::RateLimited => "rate_limited",
             ErrorType::Timeout => "timeout",
             ErrorType::Unavailable => "unavailable",
@@ -58,6 +61,7 @@ impl ErrorType {
             ErrorType::MethodNotAllowed => 405,
             ErrorType::Conflict => 409,
             ErrorType::PayloadTooLarge => 413,
+            ErrorType::UnsupportedMediaType => 415,
             ErrorType::RateLimited => 429,
             ErrorType::Timeout | ErrorType::Unavailable => 503,
             ErrorType::BackendError | ErrorType::MalformedResponse | ErrorType::BadGateway => 502,

@@ -191,3 +191,89 @@ fn not_before_and_a_second_authorization_header() {
         "{body}"
     );
 }
+
+/// A body that is not JSON by its `Content-Type` is 415; the same key
+/// twice is 400; an image name with whitespace is 400 — each with the
+/// documented error body, and nothing recorded.
+#[test]
+fn content_types_duplicate_keys_and_image_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path());
+    let auth = format!("Authorization: Bearer {}", token("alice", ALL));
+    let post = |content_type: Option<&str>, body: &str| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "-o",
+            "/dev/stderr",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &auth,
+        ]);
+        // `Content-Type:` alone: curl sends none.
+        c.args([
+            "-H",
+            &format!("Content-Type: {}", content_type.unwrap_or_default()),
+        ]);
+        let out = c
+            .args(["--data-binary", body])
+            .arg(format!("{}/api/v1/containers/runs", p.url()))
+            .output()
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        });
+        (String::from_utf8_lossy(&out.stdout).into_owned(), body)
+    };
+    let good = r#"{"profile":"codex","args":["true"]}"#;
+    for t in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+    ] {
+        let (code, body) = post(Some(t), good);
+        assert_eq!(code, "415", "{t}: {body}");
+        assert_eq!(body["error"]["type"], "unsupported_media_type", "{body}");
+    }
+    for t in [
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+        Some("application/vnd.bus+json"),
+        None,
+    ] {
+        let (code, body) = post(t, good);
+        assert_eq!(code, "200", "{t:?}: {body}");
+    }
+    for dup in [
+        r#"{"profile":"codex","args":["true"],"profile":"other"}"#,
+        r#"{"profile":"codex","args":["true"],"env":{"A":"1","A":"2"}}"#,
+    ] {
+        let (code, body) = post(Some("application/json"), dup);
+        assert_eq!(code, "400", "{dup}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("duplicate key"),
+            "{body}"
+        );
+    }
+    let (code, body) = post(
+        Some("application/json"),
+        r#"{"image":"bus busybox","args":["true"]}"#,
+    );
+    assert_eq!(
+        (code.as_str(), &body["error"]["type"]),
+        ("400", &serde_json::json!("bad_request")),
+        "{body}"
+    );
+    // Only the four good runs are in the ledger.
+    let out = Command::new("curl")
+        .args(["-fsS", "-H", &auth])
+        .arg(format!("{}/api/v1/containers/runs", p.url()))
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs["items"].as_array().unwrap().len(), 4, "{runs}");
+}
