@@ -429,3 +429,54 @@ async fn a_missing_profile_image_shows_in_the_runner_status() {
         "{status}"
     );
 }
+
+/// A token's claims end up in log lines (the run's owner): a control
+/// character in them is escaped, so no request can forge a line.
+#[actix_rt::test]
+async fn a_claim_cannot_forge_a_log_line() {
+    if engine().await.is_none() {
+        return;
+    }
+    let dev = start_dev(&[], |_| {});
+    let secret = std::fs::read_to_string(dev.config_dir.path().join("auth/dev-secret")).unwrap();
+    let out = bus()
+        .args([
+            "operator",
+            "token",
+            "issue",
+            "--local",
+            "--scope",
+            "container:run container:read",
+        ])
+        .args(["--subject", "mallory\nERROR forged line"])
+        .env("BUS_AUTH_HS256_SECRET", secret.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let out = containers(&dev)
+        .env("BUS_AI_TOKEN", token.trim())
+        .args(["run", "--profile", "codex", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let logs = dev.logs.lock().unwrap().clone();
+    assert!(
+        logs.contains(r"mallory\x0aERROR forged line"),
+        "the owner is logged, escaped: {logs}"
+    );
+    assert!(
+        !logs.lines().any(|l| l.starts_with("ERROR forged")),
+        "no forged line: {logs}"
+    );
+}
