@@ -480,3 +480,112 @@ async fn a_claim_cannot_forge_a_log_line() {
         "no forged line: {logs}"
     );
 }
+
+/// `-w`, `-e NAME=VALUE`, a bare `-e NAME` (this shell's value) and
+/// `--env-file`, as `docker run` takes them; a flag `run` does not know,
+/// before `--`, is a usage error and nothing is sent.
+#[actix_rt::test]
+async fn docker_like_run_flags() {
+    if engine().await.is_none() {
+        return;
+    }
+    let dev = start_dev(&[], |_| {});
+    let file = dev.config_dir.path().join("run.env");
+    std::fs::write(
+        &file,
+        "# the file\nFROM_FILE=file value\nBOTH=from the file\n\nCOPIED_IN_FILE\n",
+    )
+    .unwrap();
+    let out = containers(&dev)
+        .env("COPIED", "from the shell")
+        .env("COPIED_IN_FILE", "shell, via the file")
+        .env_remove("NOT_SET_HERE")
+        .args([
+            "run",
+            "--format",
+            "text",
+            "--profile",
+            "codex",
+            "-w",
+            "/tmp",
+        ])
+        .args([
+            "-e",
+            "A=1",
+            "-e",
+            "COPIED",
+            "-e",
+            "NOT_SET_HERE",
+            "-e",
+            "BOTH=from -e",
+        ])
+        .arg("--env-file")
+        .arg(&file)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "pwd; echo \"$A|$COPIED|$FROM_FILE|$BOTH|$COPIED_IN_FILE|${NOT_SET_HERE-unset}\"",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/tmp\n1|from the shell|file value|from -e|shell, via the file|unset\n"
+    );
+    let runs = || {
+        let out = containers(&dev)
+            .args(["--format", "json", "runs"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["items"].as_array().unwrap().len()
+    };
+    let before = runs();
+    for bad in [
+        &["run", "--profile", "codex", "--bogus", "--", "true"][..],
+        &[
+            "run",
+            "--profile",
+            "codex",
+            "--timeout-second",
+            "5",
+            "--",
+            "true",
+        ][..],
+        &["run", "--profile", "codex", "-w", "relative", "--", "true"][..],
+        &["run", "--profile", "codex", "-e", "1BAD=x", "--", "true"][..],
+        &["runs", "--bogus"][..],
+    ] {
+        let out = containers(&dev).args(bad).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = containers(&dev)
+        .args([
+            "run",
+            "--profile",
+            "codex",
+            "--timeout-second",
+            "5",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--timeout-seconds"),
+        "clap's suggestion"
+    );
+    assert_eq!(runs(), before, "nothing was sent");
+}

@@ -35,11 +35,22 @@ pub struct RunArgs {
     /// Forward this terminal's stdin to the run.
     #[arg(long, short = 'i')]
     pub interactive: bool,
-    /// Environment for the run, NAME=VALUE (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    /// Environment for the run, NAME=VALUE; a bare NAME copies this
+    /// shell's value (left out when unset). Repeatable; wins over
+    /// --env-file.
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
     pub env: Vec<String>,
-    /// The command (after `--`).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// Read environment from a file: NAME=VALUE lines (a bare NAME copies
+    /// this shell's value), `#` comments and blank lines skipped.
+    /// Repeatable.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<std::path::PathBuf>,
+    /// The working directory inside the container (absolute).
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// The command (after `--`). A flag this command does not know, before
+    /// `--`, is a usage error.
+    #[arg(trailing_var_arg = true)]
     pub command: Vec<String>,
 }
 
@@ -49,11 +60,20 @@ impl RunArgs {
             return Err(Failure::usage("give --profile NAME or --image IMAGE"));
         }
         let mut env = BTreeMap::new();
+        for path in &self.env_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("--env-file {}: {e}", path.display())))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim_start();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let at = format!("--env-file {}:{}", path.display(), n + 1);
+                add_env(&mut env, line, &at)?;
+            }
+        }
         for e in &self.env {
-            let (k, v) = e
-                .split_once('=')
-                .ok_or_else(|| Failure::usage(format!("-e {e:?}: use NAME=VALUE")))?;
-            env.insert(k.to_owned(), v.to_owned());
+            add_env(&mut env, e, &format!("-e {e:?}"))?;
         }
         let mut body = json!({"wait": false});
         if let Some(p) = &self.profile {
@@ -74,8 +94,37 @@ impl RunArgs {
         if self.interactive {
             body["interactive"] = json!(true);
         }
+        if let Some(w) = &self.workdir {
+            if !w.starts_with('/') {
+                return Err(Failure::usage(format!(
+                    "-w {w:?}: the working directory must be an absolute path"
+                )));
+            }
+            body["workdir"] = json!(w);
+        }
         Ok(body)
     }
+}
+
+/// `NAME=VALUE`, or a bare `NAME` copied from this process's environment
+/// (left out when it is unset), as `docker run -e` does.
+fn add_env(env: &mut BTreeMap<String, String>, item: &str, at: &str) -> Result<(), Failure> {
+    let (name, value) = match item.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_owned())),
+        None => (item, std::env::var(item).ok()),
+    };
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(Failure::usage(format!(
+            "{at}: {name:?} is not a variable name (letters, digits and '_'; use NAME=VALUE)"
+        )));
+    }
+    if let Some(value) = value {
+        env.insert(name.to_owned(), value);
+    }
+    Ok(())
 }
 
 /// The exit code a result maps to.
