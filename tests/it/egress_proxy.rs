@@ -320,14 +320,21 @@ async fn a_credential_route_injects_its_header_over_intercepted_tls() {
             "the agent's header is replaced: {head}"
         );
     }
-    let log = proxy.decisions();
-    assert!(
+    // A request's decision is printed once its response has gone out.
+    let credentialed = |log: &[Value]| {
         log.iter()
             .filter(|d| d["credential"] == true && d["status"] == 200)
             .count()
-            == 2,
-        "{log:?}"
-    );
+    };
+    let mut log = proxy.decisions();
+    for _ in 0..50 {
+        if credentialed(&log) >= 2 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        log = proxy.decisions();
+    }
+    assert_eq!(credentialed(&log), 2, "{log:?}");
     assert!(
         !proxy.all_output().contains(secret),
         "the secret is never logged"
