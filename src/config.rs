@@ -64,6 +64,11 @@ pub struct WorkerSection {
     pub egress_upstream_ca: Option<String>,
 }
 
+/// The largest `memory_mb` (1 TiB): past it the byte count would overflow.
+pub const MAX_MEMORY_MB: u64 = 1 << 20;
+/// The largest `cpus`.
+pub const MAX_CPUS: f64 = 1024.0;
+
 /// The key of the egress proxy's image in [`Config::images`].
 pub const EGRESS_PROXY: &str = "egress proxy";
 
@@ -134,6 +139,14 @@ impl SandboxSettings {
         };
         if self.memory_mb == Some(0) {
             return Err(zero("memory_mb"));
+        }
+        if self.memory_mb.is_some_and(|m| m > MAX_MEMORY_MB) {
+            return Err(format!(
+                "{section}.memory_mb must be at most {MAX_MEMORY_MB} (1 TiB)"
+            ));
+        }
+        if self.cpus.is_some_and(|c| c > MAX_CPUS) {
+            return Err(format!("{section}.cpus must be at most {MAX_CPUS}"));
         }
         if self.cpus.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
             return Err(zero("cpus"));

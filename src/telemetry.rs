@@ -41,17 +41,26 @@ impl<W: std::io::Write> std::io::Write for Escaped<W> {
             Some(body) => (body, &b"\n"[..]),
             None => (buf, &b""[..]),
         };
-        if !body.iter().any(|b| is_escaped(*b)) {
+        if !body.iter().any(|b| is_escaped(*b) || *b == 0x1b) {
             self.0.write_all(buf)?;
             return Ok(buf.len());
         }
         let mut out = Vec::with_capacity(buf.len() + 16);
-        for &b in body {
-            if is_escaped(b) {
+        let mut i = 0;
+        while i < body.len() {
+            let b = body[i];
+            let colour = (b == 0x1b).then(|| colour_len(&body[i..])).flatten();
+            if let Some(n) = colour {
+                out.extend_from_slice(&body[i..i + n]);
+                i += n;
+                continue;
+            }
+            if is_escaped(b) || b == 0x1b {
                 out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
             } else {
                 out.push(b);
             }
+            i += 1;
         }
         out.extend_from_slice(end);
         self.0.write_all(&out)?;
@@ -67,6 +76,18 @@ fn is_escaped(b: u8) -> bool {
     (b < 0x20 && b != 0x1b) || b == 0x7f
 }
 
+/// The length of a colour sequence (`ESC [ digits/; m`) at the start of
+/// `s`: the only escape kept. It can change a colour, never move the
+/// cursor or erase a line.
+fn colour_len(s: &[u8]) -> Option<usize> {
+    let rest = s.strip_prefix(b"\x1b[")?;
+    let digits = rest
+        .iter()
+        .take_while(|b| b.is_ascii_digit() || **b == b';')
+        .count();
+    (rest.get(digits) == Some(&b'm')).then_some(2 + digits + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::Escaped;
@@ -75,11 +96,11 @@ mod tests {
     #[test]
     fn a_line_stays_one_line() {
         let mut out = Escaped(Vec::new());
-        out.write_all(b"INFO owner=alice\nERROR forged\r\t\x1b[1m\n")
+        out.write_all(b"INFO owner=alice\nERROR forged\r\t\x1b[1m\x1b[1A\x1b[2K\x1bE\n")
             .unwrap();
         assert_eq!(
             String::from_utf8(out.0).unwrap(),
-            "INFO owner=alice\\x0aERROR forged\\x0d\\x09\x1b[1m\n"
+            "INFO owner=alice\\x0aERROR forged\\x0d\\x09\x1b[1m\\x1b[1A\\x1b[2K\\x1bE\n"
         );
     }
 }

@@ -77,7 +77,14 @@ impl Secrets {
         let previous = match std::env::var(previous) {
             Ok(v) if !v.is_empty() => {
                 let old = decode_secret(&v).map_err(|e| format!("{previous}: {e}"))?;
-                check_length(previous, &old)?;
+                if let Err(why) = check_length(previous, &old) {
+                    // Rotating away from a short secret must keep its
+                    // tokens working until they expire.
+                    tracing::warn!("{why}; accepted as the previous secret only while tokens signed with it expire");
+                    if old.is_empty() {
+                        return Err(why);
+                    }
+                }
                 Some(old)
             }
             _ => None,

@@ -281,7 +281,11 @@ fn self_test(
                 ))
             })?;
             for (key, image) in &images {
-                if !runtime.image_present(image).await.unwrap_or(false) {
+                let present = runtime
+                    .image_present(image)
+                    .await
+                    .map_err(|e| Failure::error(format!("self-test: {key}: image {image}: {e}")))?;
+                if !present {
                     return Err(Failure::error(format!(
                         "self-test: {key}: image {image} is not on the engine (`bus containers runner start` pulls it; offline, build it: {})",
                         crate::config::build_hint(key, image)

@@ -6,14 +6,12 @@ use actix_web::{web, HttpRequest};
 use futures::StreamExt;
 use std::collections::HashMap;
 
-/// Reads the whole (JSON) body, refusing more than `limit` bytes and a
-/// `Content-Type` that is not JSON.
+/// Reads the whole body, refusing more than `limit` bytes.
 pub async fn read_limited(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<web::Bytes, ApiError> {
-    require_json(req)?;
     if let Some(len) = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -36,8 +34,10 @@ pub async fn read_limited(
 }
 
 /// A body's `Content-Type`, when it has one, must be JSON
-/// (`application/json` or `application/*+json`, with any parameters).
-fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+/// (`application/json` or `application/*+json`, with any parameters):
+/// the containers API's bodies (the Events API takes what BusDK clients
+/// send, as its contract says).
+pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     let Some(value) = req.headers().get(actix_web::http::header::CONTENT_TYPE) else {
         return Ok(());
     };

@@ -5,7 +5,9 @@
 //!
 //! [`ProviderError`]: crate::actors::api_provider::ProviderError
 
-use super::body::{query_bool, query_map, read_limited, run_body, strict_object, InputBody};
+use super::body::{
+    query_bool, query_map, read_limited, require_json, run_body, strict_object, InputBody,
+};
 use super::events::bearer_identity;
 use super::ndjson::{line, with_heartbeats};
 use super::ApiError;
@@ -83,6 +85,7 @@ async fn create(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_RUN)?;
+    require_json(&req)?;
     let body = run_body(&read_limited(&req, payload, api.max_body).await?)?;
     let created = CreateRun {
         owner: who.sub,
@@ -280,6 +283,7 @@ async fn input(
     api: web::Data<ContainersApi>,
 ) -> Result<HttpResponse, ApiError> {
     let who = caller(&req, &api, scopes::CONTAINER_RUN)?;
+    require_json(&req)?;
     let body: InputBody = strict_object(&read_limited(&req, payload, api.max_body).await?)?;
     let accepted = api
         .provider

@@ -134,12 +134,16 @@ pub enum RuntimeError {
 /// for one that is not executable; with the engine's one-line reason
 /// (from `exec: ` on, when it says so).
 pub fn not_runnable(message: &str) -> Option<(i64, String)> {
+    // Only the runtime's own words about executing the command: a mount
+    // or security denial elsewhere stays a platform error.
+    let exec = message.contains("exec: ") || message.contains("executable");
     let code = if message.contains("executable file not found")
-        || message.contains("no such file or directory")
-        || message.contains("not found in $PATH")
+        || message.contains("command that was not found")
+        || (exec && message.contains("no such file or directory"))
     {
         127
-    } else if message.contains("permission denied") || message.contains("is a directory") {
+    } else if exec && (message.contains("permission denied") || message.contains("is a directory"))
+    {
         126
     } else {
         return None;
@@ -315,5 +319,11 @@ mod not_runnable_tests {
             r#""x": executable file not found in $PATH: OCI runtime attempted to invoke a command that was not found"#
         );
         assert_eq!(not_runnable("cannot allocate memory"), None);
+        // A mount or a security denial is the platform's, not the command's.
+        let mount = "error while creating mount source path '/srv/codex': mkdir /srv/codex: permission denied";
+        assert_eq!(not_runnable(mount), None);
+        let cgroup =
+            "OCI runtime create failed: open /sys/fs/cgroup/x: no such file or directory: unknown";
+        assert_eq!(not_runnable(cgroup), None);
     }
 }

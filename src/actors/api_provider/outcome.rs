@@ -237,11 +237,12 @@ impl Handler<Incoming<RunAccepted>> for ApiProvider {
         if e.worker_id.is_empty() {
             return;
         }
-        self.status_cache.forget(&e.owner_account_id);
         let Some(run) = self.live_run(msg.meta.service, &e.run_id, &e.owner_account_id) else {
             return;
         };
         run.accepted(&e.worker_id);
+        let owner = run.owner.clone();
+        self.status_cache.forget(&owner);
         let store = self.store.clone();
         ctx.spawn(
             async move {

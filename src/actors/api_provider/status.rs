@@ -25,7 +25,7 @@ impl Handler<Status> for ApiProvider {
             self.status_cache.runner(),
             self.status_cache.runs(&msg.owner),
         );
-        let (asked_at, epoch) = (Instant::now(), self.status_cache.epoch());
+        let (asked_at, epoch) = (Instant::now(), self.status_cache.epoch(&msg.owner));
         let owner = msg.owner.clone();
         let ask_runner = {
             let backend = backend.clone();
@@ -136,31 +136,49 @@ impl Handler<RunnerStatus> for ApiProvider {
 }
 
 impl Handler<RunnerStart> for ApiProvider {
-    type Result = ResponseFuture<Result<RunnerStarted, ProviderError>>;
+    type Result = ResponseActFuture<Self, Result<RunnerStarted, ProviderError>>;
 
+    /// The runner's state changes: `status` asks again once it is done.
     fn handle(&mut self, _: RunnerStart, _: &mut Self::Context) -> Self::Result {
         let (seat, timeout) = (
             self.backend.runner_start.clone(),
             self.config.default_timeout,
         );
-        Box::pin(async move {
-            let request = RunnerStartRequest::default();
-            Ok(ask(&seat, request, "", timeout).await?.into_result()?)
-        })
+        self.status_cache.forget_runner();
+        Box::pin(
+            async move {
+                let request = RunnerStartRequest::default();
+                Ok(ask(&seat, request, "", timeout).await?.into_result()?)
+            }
+            .into_actor(self)
+            .map(|answer, act, _| {
+                act.status_cache.forget_runner();
+                answer
+            }),
+        )
     }
 }
 
 impl Handler<RunnerDelete> for ApiProvider {
-    type Result = ResponseFuture<Result<RunnerDeleted, ProviderError>>;
+    type Result = ResponseActFuture<Self, Result<RunnerDeleted, ProviderError>>;
 
+    /// The runner's state changes: `status` asks again once it is done.
     fn handle(&mut self, _: RunnerDelete, _: &mut Self::Context) -> Self::Result {
         let (seat, timeout) = (
             self.backend.runner_delete.clone(),
             self.config.default_timeout,
         );
-        Box::pin(async move {
-            let request = RunnerDeleteRequest::default();
-            Ok(ask(&seat, request, "", timeout).await?.into_result()?)
-        })
+        self.status_cache.forget_runner();
+        Box::pin(
+            async move {
+                let request = RunnerDeleteRequest::default();
+                Ok(ask(&seat, request, "", timeout).await?.into_result()?)
+            }
+            .into_actor(self)
+            .map(|answer, act, _| {
+                act.status_cache.forget_runner();
+                answer
+            }),
+        )
     }
 }

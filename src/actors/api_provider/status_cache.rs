@@ -20,9 +20,11 @@ const MAX_ACCOUNTS: usize = 4096;
 pub(super) struct StatusCache {
     runner: Option<(Instant, StatusEntry)>,
     runs: HashMap<String, (Instant, Vec<StatusEntry>)>,
-    /// Bumped when any account's runs change: an answer asked for
-    /// before a change is not kept after it.
-    epoch: u64,
+    /// Bumped when an account's runs change: an answer asked for before
+    /// a change is not kept after it. `base` moves when the map is
+    /// cleared (bounded), so no answer from before that is kept either.
+    epochs: HashMap<String, u64>,
+    base: u64,
 }
 
 impl StatusCache {
@@ -44,9 +46,14 @@ impl StatusCache {
             .map(|(_, e)| e.clone())
     }
 
-    /// Now, as [`Self::keep_runs`] wants it back.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
+    /// The account's epoch now, as [`Self::keep_runs`] wants it back.
+    pub fn epoch(&self, owner: &str) -> (u64, u64) {
+        (self.base, self.epochs.get(owner).copied().unwrap_or(0))
+    }
+
+    /// The runner changed here (started, deleted): asked again.
+    pub fn forget_runner(&mut self) {
+        self.runner = None;
     }
 
     /// Keeps an account's runs as asked at `asked_at` (in `epoch`),
@@ -54,11 +61,11 @@ impl StatusCache {
     pub fn keep_runs(
         &mut self,
         owner: &str,
-        epoch: u64,
+        epoch: (u64, u64),
         asked_at: Instant,
         entries: Vec<StatusEntry>,
     ) {
-        if self.epoch != epoch {
+        if self.epoch(owner) != epoch {
             return;
         }
         if self.runs.len() >= MAX_ACCOUNTS && !self.runs.contains_key(owner) {
@@ -73,6 +80,11 @@ impl StatusCache {
     /// One of the account's runs changed here.
     pub fn forget(&mut self, owner: &str) {
         self.runs.remove(owner);
-        self.epoch = self.epoch.wrapping_add(1);
+        if self.epochs.len() >= MAX_ACCOUNTS && !self.epochs.contains_key(owner) {
+            self.epochs.clear();
+            self.base = self.base.wrapping_add(1);
+        }
+        let e = self.epochs.entry(owner.to_owned()).or_default();
+        *e = e.wrapping_add(1);
     }
 }

@@ -33,6 +33,9 @@ impl ContainerSession {
                 ..Default::default()
             };
             let mut result = self.result(&ending, Instant::now(), crate::contract::now_rfc3339());
+            // A pooled run's refusal is read from its own output, which
+            // its command controls: redacted as any output.
+            let reason = self.plan.secrets.redact(&reason);
             result.stderr = format!("{reason}\n");
             result.reason = Some(reason);
             tracing::info!(run_id = %result.run_id, exit_code = code, reason = ?result.reason, "run failed: its command cannot run");

@@ -69,11 +69,11 @@ impl RunArgs {
                     continue;
                 }
                 let at = format!("--env-file {}:{}", path.display(), n + 1);
-                add_env(&mut env, line, &at)?;
+                add_env(&mut env, line, &at, false)?;
             }
         }
         for e in &self.env {
-            add_env(&mut env, e, &format!("-e {e:?}"))?;
+            add_env(&mut env, e, "-e", true)?;
         }
         let mut body = json!({"wait": false});
         if let Some(p) = &self.profile {
@@ -108,7 +108,13 @@ impl RunArgs {
 
 /// `NAME=VALUE`, or a bare `NAME` copied from this process's environment
 /// (left out when it is unset), as `docker run -e` does.
-fn add_env(env: &mut BTreeMap<String, String>, item: &str, at: &str) -> Result<(), Failure> {
+/// A bad name is shown only when `echo` (a file's line may be a value).
+fn add_env(
+    env: &mut BTreeMap<String, String>,
+    item: &str,
+    at: &str,
+    echo: bool,
+) -> Result<(), Failure> {
     let (name, value) = match item.split_once('=') {
         Some((k, v)) => (k, Some(v.to_owned())),
         None => (item, std::env::var(item).ok()),
@@ -117,8 +123,13 @@ fn add_env(env: &mut BTreeMap<String, String>, item: &str, at: &str) -> Result<(
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
+        let shown = if echo {
+            format!(" {name:?}")
+        } else {
+            String::new()
+        };
         return Err(Failure::usage(format!(
-            "{at}: {name:?} is not a variable name (letters, digits and '_'; use NAME=VALUE)"
+            "{at}:{shown} not a variable name (letters, digits and '_'; use NAME=VALUE)"
         )));
     }
     if let Some(value) = value {
