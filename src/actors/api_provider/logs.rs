@@ -20,23 +20,12 @@ impl Handler<Incoming<RunStarted>> for ApiProvider {
 
     fn handle(&mut self, msg: Incoming<RunStarted>, ctx: &mut Self::Context) {
         let e = msg.body;
-        if e.worker_id.is_empty() {
-            return;
-        }
-        let Some(run) = self.live_run(msg.meta.service, &e.run_id, &e.owner_account_id) else {
-            return;
-        };
-        run.accepted(&e.worker_id);
-        let owner = run.owner.clone();
-        self.status_cache.forget(&owner);
-        let store = self.store.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = store.set_worker(&e.run_id, &e.worker_id).await {
-                    tracing::warn!(error = %e, "could not record the run's worker");
-                }
-            }
-            .into_actor(self),
+        self.taken(
+            msg.meta.service,
+            &e.run_id,
+            &e.owner_account_id,
+            &e.worker_id,
+            ctx,
         );
     }
 }

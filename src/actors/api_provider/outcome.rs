@@ -234,19 +234,41 @@ impl Handler<Incoming<RunAccepted>> for ApiProvider {
 
     fn handle(&mut self, msg: Incoming<RunAccepted>, ctx: &mut Self::Context) {
         let e = msg.body;
-        if e.worker_id.is_empty() {
+        self.taken(
+            msg.meta.service,
+            &e.run_id,
+            &e.owner_account_id,
+            &e.worker_id,
+            ctx,
+        );
+    }
+}
+
+impl ApiProvider {
+    /// A worker has the run (`run.accepted`, `run.started`): the run table
+    /// and the ledger learn which.
+    pub(super) fn taken(
+        &mut self,
+        service: bool,
+        run_id: &str,
+        owner: &str,
+        worker_id: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        if worker_id.is_empty() {
             return;
         }
-        let Some(run) = self.live_run(msg.meta.service, &e.run_id, &e.owner_account_id) else {
+        let Some(run) = self.live_run(service, run_id, owner) else {
             return;
         };
-        run.accepted(&e.worker_id);
+        run.accepted(worker_id);
         let owner = run.owner.clone();
         self.status_cache.forget(&owner);
-        let store = self.store.clone();
+        let (store, run_id, worker_id) =
+            (self.store.clone(), run_id.to_owned(), worker_id.to_owned());
         ctx.spawn(
             async move {
-                if let Err(err) = store.set_worker(&e.run_id, &e.worker_id).await {
+                if let Err(err) = store.set_worker(&run_id, &worker_id).await {
                     tracing::warn!(error = %err, "could not record the run's worker");
                 }
             }
