@@ -1,6 +1,7 @@
 //! `config.toml`: worker limits, sandbox defaults and run profiles. Every
 //! key is optional; unknown keys are errors (a typo must not silently
-//! weaken a sandbox).
+//! weaken a sandbox). One file: the schema, its defaults and its checks
+//! read together (its tests make up the last sixth of it).
 
 use crate::runtime::{Hardening, Limits, MountSpec};
 use serde::Deserialize;
