@@ -38,6 +38,16 @@ impl Handler<Adopt> for ApiProvider {
             run.verify_at = Some(now + VERIFY_AFTER);
             self.metrics.in_flight.inc();
             self.status_cache.forget(&r.owner_account_id);
+            // Its `container_run_requested` may have been in the usage
+            // queue the last process lost: sent again (its event_id is
+            // stable, so a consumer that had it counts it once).
+            self.usage.requested(
+                &r.run_id,
+                &r.owner_account_id,
+                r.profile.clone(),
+                r.image.clone(),
+                &self.metrics.usage_failures,
+            );
             self.runs.insert(r.run_id, run);
         }
         n

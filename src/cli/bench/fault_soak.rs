@@ -327,9 +327,13 @@ pub fn run(args: SoakArgs) -> Result<(), Failure> {
         if !ok_times {
             problems.push(format!("{run_id}: {state} but ran {times}×"));
         }
+        // As a consumer counts them: once per event_id (a restarted
+        // provider sends a running run's `requested` again).
+        let mut ids = std::collections::BTreeSet::new();
         let mine: Vec<&Value> = usage
             .iter()
             .filter(|u| u["data"]["run_id"] == run_id.as_str())
+            .filter(|u| ids.insert(u["event_id"].to_string()))
             .collect();
         let types: Vec<&str> = mine
             .iter()

@@ -397,12 +397,17 @@ impl Stack {
     }
 
     /// The usage records of a run, by event type.
+    /// A run's usage records as a consumer counts them: once per
+    /// `event_id` (a restarted provider sends a running run's
+    /// `requested` again).
     pub fn usage_of(&self, run_id: &str) -> Vec<(String, Value)> {
+        let mut ids = std::collections::BTreeSet::new();
         self.usage
             .lock()
             .unwrap()
             .iter()
             .filter(|u| u["data"]["run_id"] == run_id)
+            .filter(|u| ids.insert(u["event_id"].to_string()))
             .map(|u| (u["event_type"].as_str().unwrap_or("").to_owned(), u.clone()))
             .collect()
     }
