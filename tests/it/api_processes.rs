@@ -277,3 +277,57 @@ fn content_types_duplicate_keys_and_image_names() {
     let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs["items"].as_array().unwrap().len(), 4, "{runs}");
 }
+
+/// `operator token issue --hs256-secret-file`, and the client's
+/// `--output FILE` and `-C/--chdir DIR`, through the binary against the
+/// provider process.
+#[test]
+fn secret_file_output_file_and_chdir() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path());
+    let secret = dir.path().join("secret.txt");
+    std::fs::write(
+        &secret,
+        format!("{}\n", std::str::from_utf8(SECRET).unwrap()),
+    )
+    .unwrap();
+    let out = bus()
+        .args(["operator", "token", "issue", "--local", "--scope", ALL])
+        .arg("--hs256-secret-file")
+        .arg(&secret)
+        .env_remove("BUS_AUTH_HS256_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = bus()
+        .args(["containers", "--api-url", &p.url(), "-C"])
+        .arg(&work)
+        .args([
+            "--output",
+            "result.json",
+            "run",
+            "--profile",
+            "codex",
+            "--",
+            "true",
+        ])
+        .env("BUS_AI_TOKEN", token.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "the result went to the file");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("result.json")).unwrap()).unwrap();
+    assert_eq!(written["stdout"], "static: true", "{written}");
+}
