@@ -55,7 +55,8 @@ pub struct WorkerArgs {
     /// (PODMAN_CONTAINER_CODEX_IMAGE for podman).
     #[arg(long)]
     pub container_codex_image: Option<String>,
-    /// Codex home on the host, mounted read-only at /codex-home.
+    /// Codex home on the host, mounted read-only at /root/.codex (CODEX_HOME),
+    /// where BusDK documents it.
     #[arg(long, env = "BUS_DOCKER_CODEX_HOME_HOST")]
     pub codex_home_host_path: Option<PathBuf>,
     /// Mount the Codex home read-write (opt-in).
@@ -102,6 +103,9 @@ pub struct WorkerArgs {
     pub self_test: bool,
 }
 
+/// Where the codex home appears in a codex run (BusDK's path).
+pub const CODEX_HOME: &str = "/root/.codex";
+
 fn absolute(p: &std::path::Path, flag: &str) -> Result<String, Failure> {
     let s = p.to_string_lossy().into_owned();
     if !s.starts_with('/') {
@@ -146,10 +150,10 @@ pub fn settings(args: &WorkerArgs, flavour: Flavour) -> Result<WorkerSettings, F
     if let Some(home) = &args.codex_home_host_path {
         mounts.push(MountSpec {
             source: absolute(home, "--codex-home-host-path")?,
-            target: "/codex-home".into(),
+            target: CODEX_HOME.into(),
             read_only: !writable,
         });
-        env.push(("CODEX_HOME".to_owned(), "/codex-home".to_owned()));
+        env.push(("CODEX_HOME".to_owned(), CODEX_HOME.to_owned()));
     }
     if let Some(ws) = &args.codex_workspace_host_path {
         if !args.codex_workspace_container_path.starts_with('/') {

@@ -589,3 +589,81 @@ async fn docker_like_run_flags() {
     );
     assert_eq!(runs(), before, "nothing was sent");
 }
+
+/// `bus containers logs --follow` waits for a running run's output and
+/// its end; without it, logs print what is there and return.
+#[actix_rt::test]
+async fn logs_follow_waits_for_the_end() {
+    if engine().await.is_none() {
+        return;
+    }
+    let dev = start_dev(&[], |_| {});
+    let out = containers(&dev)
+        .args(["run", "-d", "--format", "text", "--profile", "codex"])
+        .args(["--", "sh", "-c", "sleep 2; echo late"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let now = containers(&dev).args(["logs", &id]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&now.stdout).contains("late"),
+        "not yet: {}",
+        String::from_utf8_lossy(&now.stdout)
+    );
+    let followed = containers(&dev)
+        .args(["--format", "text", "logs", "--follow", &id])
+        .output()
+        .unwrap();
+    assert!(
+        followed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&followed.stdout), "late\n");
+}
+
+/// `bus dev --events-addr` also serves the Events API of its embedded
+/// bus; the dev token may send and listen there.
+#[test]
+fn dev_serves_the_events_api_with_events_addr() {
+    let dev = start_dev(
+        &["--provider", "static", "--events-addr", "127.0.0.1:0"],
+        |_| {},
+    );
+    let printed = dev.printed.lock().unwrap().clone();
+    let url = printed
+        .lines()
+        .find(|l| l.starts_with("events API"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+        .unwrap_or_else(|| panic!("no events API in the greeting: {printed}"))
+        .to_owned();
+    let events = |args: &[&str]| {
+        bus()
+            .arg("events")
+            .args(args)
+            .env("BUS_CONFIG_DIR", dev.config_dir.path())
+            .env("BUS_EVENTS_API_URL", &url)
+            .output()
+            .unwrap()
+    };
+    let out = events(&["send", "--name", "app.dev", "--payload", r#"{"n":1}"#]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = events(&["listen", "--name", "app.dev", "--replay", "--no-follow"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(got["payload"]["n"], 1);
+}

@@ -26,5 +26,6 @@ mod podman_worker;
 mod router;
 mod router_processes;
 mod sandbox;
+mod server_flags;
 mod worker_actors;
 mod worker_processes;

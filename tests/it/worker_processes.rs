@@ -343,6 +343,17 @@ fn self_tests_and_flags() {
                 && said.contains("scripts/build-test-image"),
             "{said}"
         );
+        // --egress-image replaces the config's sidecar image, which the
+        // self-test checks for the sandboxed profile.
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+        let out = bus()
+            .args(["integration", "docker", "--self-test", "--config", config])
+            .args(["--egress-image", "bus-egress:not-built"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{said}");
+        assert!(said.contains("bus-egress:not-built"), "{said}");
     } else {
         println!("skipped: the self-test against a real engine (no docker here)");
         assert!(
@@ -350,4 +361,154 @@ fn self_tests_and_flags() {
             "BUS_TEST_DOCKER=required but docker info fails"
         );
     }
+}
+
+/// The codex profile's host mounts and environment, set by the worker's
+/// flags: `--codex-home-host-path` with `--codex-home-writable` (at
+/// `/root/.codex`, BusDK's path), `--codex-ssh-host-path`,
+/// `--codex-ssh-agent-host-path`, `--codex-git-ssh-command`.
+#[actix_rt::test]
+async fn codex_flags_mount_and_set_what_they_say() {
+    let Some(_docker) = engine().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir);
+    let home = dir.path().join("home");
+    let ssh = dir.path().join("ssh");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::create_dir(&ssh).unwrap();
+    std::fs::write(home.join("auth.json"), "auth").unwrap();
+    std::fs::write(ssh.join("known_hosts"), "kh").unwrap();
+    for d in [&home, &ssh] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    let agent = dir.path().join("agent.sock");
+    let _agent = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+    let events = events_process();
+    let worker_id = format!("codex-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let mut cmd = bus();
+    cmd.args(["integration", "docker", "--events-url", &events.url()])
+        .args(["--worker-id", &worker_id, "--addr", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--config", &config])
+        .arg("--codex-home-host-path")
+        .arg(&home)
+        .arg("--codex-home-writable")
+        .arg("--codex-ssh-host-path")
+        .arg(&ssh)
+        .arg("--codex-ssh-agent-host-path")
+        .arg(&agent)
+        .args(["--codex-git-ssh-command", "ssh -F /dev/null"])
+        .env(
+            "BUS_API_TOKEN",
+            mint(&format!("worker-{worker_id}"), "container:admin"),
+        );
+    let _w = Process::spawn(cmd);
+    let api = api(&broker(&events));
+    let script = "echo $CODEX_HOME; cat /root/.codex/auth.json; echo; \
+        echo w > /root/.codex/written && echo writable; cat /codex-ssh/known_hosts; echo; \
+        echo $SSH_AUTH_SOCK; test -S /ssh-agent.sock && echo socket; echo \"$GIT_SSH_COMMAND\"";
+    let r = ask(
+        &api,
+        "bus.containers.run.request",
+        json!({"owner_account_id": "alice", "profile": "codex", "args": ["sh", "-c", script]}),
+        60,
+    )
+    .await;
+    assert_eq!(
+        r["stdout"],
+        "/root/.codex\nauth\nwritable\nkh\n/ssh-agent.sock\nsocket\nssh -F /dev/null\n",
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("written")).unwrap(),
+        "w\n"
+    );
+}
+
+/// `bus integration guard --worker-id --process --engine`: once the marked
+/// process is gone, its containers are removed and the guard exits; a
+/// container another (live) process made is left alone.
+#[test]
+fn the_guard_removes_what_a_dead_process_made() {
+    let engine_up = std::process::Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !engine_up {
+        println!("skipped: the guard needs a Docker engine");
+        assert!(std::env::var("BUS_TEST_DOCKER").as_deref() != Ok("required"));
+        return;
+    }
+    let mark = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let start = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .to_owned();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .replace('/', "_");
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap()
+            .trim()
+            .replace('-', "");
+        format!("{host}/{boot}/{pid}/{start}")
+    };
+    let mut short = std::process::Command::new("sleep")
+        .arg("2")
+        .spawn()
+        .unwrap();
+    let dead_mark = mark(short.id());
+    let live_mark = mark(std::process::id());
+    let worker_id = format!("guard-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let create = |m: &str| {
+        let out = std::process::Command::new("docker")
+            .args(["create", "--label", "bus.managed=true"])
+            .args(["--label", &format!("bus.worker_id={worker_id}")])
+            .args(["--label", &format!("bus.process={m}")])
+            .args([IMAGE, "sleep", "60"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let doomed = create(&dead_mark);
+    let kept = create(&live_mark);
+    let engine = std::env::var("DOCKER_HOST").unwrap_or("unix:///var/run/docker.sock".into());
+    let mut guard = bus()
+        .args(["integration", "guard", "--worker-id", &worker_id])
+        .args(["--process", &dead_mark, "--engine", &engine])
+        .spawn()
+        .unwrap();
+    short.wait().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(guard.wait());
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the guard exits once its process is gone")
+        .unwrap();
+    assert!(status.success());
+    let exists = |id: &str| {
+        std::process::Command::new("docker")
+            .args(["inspect", id])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let (doomed_gone, kept_there) = (!exists(&doomed), exists(&kept));
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &kept, &doomed])
+        .output();
+    assert!(doomed_gone, "the dead process's container was removed");
+    assert!(kept_there, "a live process's container was left alone");
 }

@@ -34,6 +34,8 @@ pub struct StackOpts {
     /// Mount a filesystem this small (bytes) as the API's data directory
     /// (needs root; for a full-disk fault).
     pub small_data_dir: Option<usize>,
+    /// More flags of the API provider's command line.
+    pub api_args: Vec<String>,
 }
 
 impl Default for StackOpts {
@@ -43,6 +45,7 @@ impl Default for StackOpts {
             worker: true,
             nats: false,
             small_data_dir: None,
+            api_args: Vec::new(),
         }
     }
 }
@@ -234,6 +237,7 @@ impl Stack {
                 if !self.opts.nats {
                     cmd.args(["--usage-backend", "events"]);
                 }
+                cmd.args(&self.opts.api_args);
                 env_bus(&mut cmd);
             }
         }
