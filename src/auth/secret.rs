@@ -68,8 +68,8 @@ impl Secrets {
             })
             .ok_or_else(|| {
                 format!(
-                    "no JWT secret: set {} (a value starting with 'base64:' is decoded)",
-                    names.join(" or ")
+                    "no JWT secret: tried {}, none is set; set one (a value starting with 'base64:' is decoded)",
+                    names.join(", ")
                 )
             })?;
         let current = decode_secret(&value).map_err(|e| format!("{name}: {e}"))?;

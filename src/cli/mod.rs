@@ -1,6 +1,7 @@
 //! The `bus` command line: BusDK's command names, one binary. Invoked as
 //! `bus-<group>-<name>` (a link), it behaves as `bus <group> <name>`.
 
+mod auth;
 pub mod bench;
 pub mod busfile;
 pub mod containers;
@@ -55,6 +56,9 @@ pub enum Command {
     /// Operator tools.
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Local credentials: `bus auth token --scope "..."`.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Measure this machine: figures beside baselines taken in the same run.
     #[command(subcommand)]
     Bench(crate::cli::bench::BenchCommand),
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             done(worker::run_worker(args, worker::Flavour::Podman))
         }
         Command::Operator(OperatorCommand::Token(args)) => done(token::run(args)),
+        Command::Auth(cmd) => done(auth::run(cmd)),
         Command::EgressProxy(args) => done(egress::run(args)),
         Command::Bench(cmd) => done(crate::cli::bench::run(cmd)),
         Command::Completions { shell } => {

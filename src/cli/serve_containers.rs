@@ -362,7 +362,9 @@ pub async fn start(
 }
 
 /// The containers API's secrets: `BUS_CONTAINERS_JWT_SECRET`, falling back
-/// to `BUS_API_JWT_SECRET` (and their `_PREVIOUS` for rotation).
+/// to `BUS_API_JWT_SECRET`, then, as BusDK's local flows set them,
+/// `BUS_EVENTS_JWT_SECRET` and `BUS_AUTH_HS256_SECRET` (and the first two's
+/// `_PREVIOUS` for rotation).
 pub fn secrets_from_env() -> Result<Secrets, Failure> {
     let previous = if std::env::var_os("BUS_CONTAINERS_JWT_SECRET_PREVIOUS").is_some() {
         "BUS_CONTAINERS_JWT_SECRET_PREVIOUS"
@@ -370,7 +372,12 @@ pub fn secrets_from_env() -> Result<Secrets, Failure> {
         "BUS_API_JWT_SECRET_PREVIOUS"
     };
     Secrets::from_env(
-        &["BUS_CONTAINERS_JWT_SECRET", "BUS_API_JWT_SECRET"],
+        &[
+            "BUS_CONTAINERS_JWT_SECRET",
+            "BUS_API_JWT_SECRET",
+            "BUS_EVENTS_JWT_SECRET",
+            "BUS_AUTH_HS256_SECRET",
+        ],
         previous,
     )
     .map_err(Failure::usage)

@@ -99,6 +99,29 @@ fn the_provider_refuses_bad_flags() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "no secret");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("tried BUS_CONTAINERS_JWT_SECRET, BUS_API_JWT_SECRET, BUS_EVENTS_JWT_SECRET, BUS_AUTH_HS256_SECRET"),
+        "which variables were tried: {said}"
+    );
+    // BusDK's local flows set only one of the fallbacks: each works alone
+    // (a token signed with it is accepted).
+    for var in ["BUS_EVENTS_JWT_SECRET", "BUS_AUTH_HS256_SECRET"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = bus();
+        cmd.args(["api-provider", "containers", "--addr", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--workers", "1", "--data-dir"])
+            .arg(dir.path())
+            .env(var, std::str::from_utf8(SECRET).unwrap());
+        let p = Process::spawn(cmd);
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("Authorization: Bearer {}", token("alice", ALL)))
+            .arg(format!("{}/api/v1/containers/runs", p.url()))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{var}");
+    }
     let out = bus()
         .args([
             "api-provider",

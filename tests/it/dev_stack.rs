@@ -667,3 +667,70 @@ fn dev_serves_the_events_api_with_events_addr() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(got["payload"]["n"], 1);
 }
+
+/// `bus auth token --scope "..."` mints from the local stack's secret and
+/// saves the token where `bus containers` reads it (0600, never printed).
+#[test]
+fn auth_token_saves_a_scoped_token_for_the_client() {
+    let dev = start_dev(&["--provider", "static"], |_| {});
+    let auth = |scope: &str| {
+        let out = bus()
+            .args(["auth", "token", "--scope", scope])
+            .env("BUS_CONFIG_DIR", dev.config_dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let file = dev.config_dir.path().join("auth/api-token");
+        let token = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !said.contains(token.trim()),
+            "the token is not printed: {said}"
+        );
+        assert!(said.contains("api-token") && said.contains(scope), "{said}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    };
+    auth("container:read");
+    let status = containers(&dev).arg("status").output().unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let run = || {
+        containers(&dev)
+            .args(["run", "--profile", "codex", "--", "true"])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("container:run"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    auth("container:read container:run");
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without a local secret it says where one comes from.
+    let empty = tempfile::tempdir().unwrap();
+    let out = bus()
+        .args(["auth", "token"])
+        .env("BUS_CONFIG_DIR", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bus dev"));
+}
