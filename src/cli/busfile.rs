@@ -119,10 +119,10 @@ pub fn run(path: &Path, exec: impl Fn(Vec<String>) -> Result<u8, Failure>) -> Re
         match exec(words) {
             Ok(0) => {}
             Ok(code) => {
-                return Err(Failure {
+                return Err(Failure::with_code(
                     code,
-                    message: format!("{at}: the command failed (exit {code}); stopping"),
-                })
+                    format!("{at}: the command failed (exit {code}); stopping"),
+                ))
             }
             Err(f) => {
                 let message = if f.message.is_empty() {
@@ -130,10 +130,7 @@ pub fn run(path: &Path, exec: impl Fn(Vec<String>) -> Result<u8, Failure>) -> Re
                 } else {
                     format!("{at}: {}", f.message)
                 };
-                return Err(Failure {
-                    code: f.code,
-                    message,
-                });
+                return Err(Failure::with_code(f.code, message));
             }
         }
     }

@@ -136,8 +136,8 @@ pub fn run(cmd: EventsCommand) -> Result<(), Failure> {
                     };
                     let event = event?;
                     let mut out = stdout.lock();
-                    out.write_all(event.line())?;
-                    out.flush()?;
+                    out.write_all(event.line()).map_err(Failure::write)?;
+                    out.flush().map_err(Failure::write)?;
                     seen += 1;
                 }
                 Ok(())

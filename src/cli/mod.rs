@@ -132,7 +132,7 @@ pub fn print_line(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")
         .and_then(|_| out.flush())
-        .map_err(|e| Failure::error(format!("writing to stdout: {e}")))
+        .map_err(Failure::write)
 }
 
 /// Refuses a literal token given on the command line.
@@ -158,10 +158,7 @@ pub fn main() -> ExitCode {
                 Ok(cli) => run(cli),
                 Err(e) => {
                     let _ = e.print();
-                    Err(Failure {
-                        code: EXIT_USAGE,
-                        message: String::new(),
-                    })
+                    Err(Failure::with_code(EXIT_USAGE, String::new()))
                 }
             }
         });

@@ -354,3 +354,89 @@ fn secret_file_output_file_and_chdir() {
         serde_json::from_slice(&std::fs::read(work.join("result.json")).unwrap()).unwrap();
     assert_eq!(written["stdout"], "static: true", "{written}");
 }
+
+/// Pipes and formats: `runs` shows each run's command; with `--format
+/// json` a failure is a JSON error object on stderr; a reader that goes
+/// away (`| head`) ends the client quietly with 141, as SIGPIPE would.
+#[test]
+fn pipes_and_formats() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path());
+    let alice = token("alice", ALL);
+    let client = || {
+        let mut c = bus();
+        c.args(["containers", "--api-url", &p.url()])
+            .env("BUS_AI_TOKEN", &alice);
+        c
+    };
+    // Big enough to overflow a pipe: the static answer echoes the args.
+    let word = "x".repeat(100_000);
+    let out = client()
+        .args(["run", "--profile", "codex", "--", "echo", "hello world"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client()
+        .args(["run", "--profile", "codex", "--"])
+        .args(std::iter::repeat_n(&word, 7))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let big: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let out = client()
+        .args(["--format", "text", "runs"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(table.lines().next().unwrap().contains("COMMAND"), "{table}");
+    assert!(table.contains("echo 'hello world'"), "{table}");
+
+    let out = client()
+        .args(["--format", "json", "delete", "run_0000000000000000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr)
+        .unwrap_or_else(|_| panic!("JSON on stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(err["error"]["type"], "not_found", "{err}");
+    let out = client()
+        .args([
+            "--format",
+            "json",
+            "--token-file",
+            "/nonexistent/token",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"]["type"], "usage_error", "{err}");
+
+    let mut logs = client()
+        .args(["--format", "text", "logs", big["run_id"].as_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    logs.stdout.take().unwrap().read_exact(&mut first).unwrap(); // then closed
+    let out = logs.wait_with_output().unwrap();
+    assert_eq!(&first, b"static: xx");
+    assert_eq!(out.status.code(), Some(141));
+    assert!(
+        out.stderr.is_empty(),
+        "quiet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -77,6 +77,8 @@ pub struct RunSummary {
     pub worker_id: Option<String>,
     pub profile: Option<String>,
     pub image: Option<String>,
+    /// The command (ours: so a list says what each run was).
+    pub args: Vec<String>,
     pub created_at: String,
     pub finished_at: Option<String>,
     pub exit_code: Option<i64>,

@@ -56,6 +56,7 @@ fn summary(r: RunRecord) -> RunSummary {
         worker_id: r.worker_id,
         profile: r.profile,
         image: r.image,
+        args: r.args,
         created_at: r.created_at,
         finished_at: r.finished_at,
         exit_code,

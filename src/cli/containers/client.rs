@@ -51,6 +51,10 @@ impl ApiFailure {
         Failure {
             code,
             message: text,
+            detail: self
+                .body
+                .as_ref()
+                .and_then(|b| serde_json::to_value(&b.error).ok()),
         }
     }
 }

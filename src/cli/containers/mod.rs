@@ -104,8 +104,20 @@ fn api_url(args: &ContainersArgs) -> String {
         .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned())
 }
 
-/// Runs a `bus containers` command; returns the exit code.
+/// Runs a `bus containers` command; returns the exit code. With `--format
+/// json` every failure is a JSON error object on stderr.
 pub fn main(args: ContainersArgs) -> Result<u8, Failure> {
+    let json = args.format == Some(Format::Json);
+    match command(args) {
+        Err(f) if json && !f.message.is_empty() => {
+            eprintln!("{}", f.to_json());
+            Err(Failure::with_code(f.code, String::new()))
+        }
+        other => other,
+    }
+}
+
+fn command(args: ContainersArgs) -> Result<u8, Failure> {
     refuse_literal_token(&args.token)?;
     if let Some(dir) = &args.chdir {
         std::env::set_current_dir(dir)
@@ -117,6 +129,7 @@ pub fn main(args: ContainersArgs) -> Result<u8, Failure> {
     )
     .map_err(Failure::usage)?;
     let token = source.load().map_err(Failure::usage)?;
+    let json_errors = args.format == Some(Format::Json);
     let format = args.format.unwrap_or_default();
     let mut out = Out::new(
         format,
@@ -134,15 +147,32 @@ pub fn main(args: ContainersArgs) -> Result<u8, Failure> {
     let result = actix_rt::System::new().block_on(dispatch(client, &mut out, args.command));
     match result {
         Ok(code) => Ok(code),
+        Err(f) if json_errors => Err(f),
         Err(f) => {
             if !f.message.is_empty() {
                 print_error(color, &f.message);
             }
-            Err(Failure {
-                code: f.code,
-                message: String::new(),
-            })
+            Err(Failure::with_code(f.code, String::new()))
         }
+    }
+}
+
+/// A run's command as a shell would show it, cut to a table cell (tabs
+/// and newlines flattened so tsv stays one row).
+fn command_cell(args: &serde_json::Value) -> String {
+    const MAX: usize = 40;
+    let words: Vec<&str> = args
+        .as_array()
+        .map(|a| a.iter().filter_map(|w| w.as_str()).collect())
+        .unwrap_or_default();
+    let line: String = shell_words::join(words)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.chars().count() > MAX {
+        format!("{}…", line.chars().take(MAX - 1).collect::<String>())
+    } else {
+        line
     }
 }
 
@@ -211,12 +241,20 @@ async fn dispatch(
                             cell(&r["state"]),
                             cell(&r["exit_code"]),
                             what,
+                            command_cell(&r["args"]),
                             cell(&r["created_at"]),
                         ]
                     })
                     .collect();
                 out.table(
-                    &["RUN_ID", "STATE", "EXIT", "PROFILE/IMAGE", "CREATED"],
+                    &[
+                        "RUN_ID",
+                        "STATE",
+                        "EXIT",
+                        "PROFILE/IMAGE",
+                        "COMMAND",
+                        "CREATED",
+                    ],
                     &rows,
                 )?;
                 if let Some(next) = v["next"].as_str() {

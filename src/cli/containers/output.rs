@@ -61,13 +61,13 @@ impl Out {
     }
 
     pub fn raw(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.sink.write_all(bytes)?;
-        self.sink.flush()?;
+        self.sink.write_all(bytes).map_err(Failure::write)?;
+        self.sink.flush().map_err(Failure::write)?;
         Ok(())
     }
 
     pub fn line(&mut self, text: &str) -> Result<(), Failure> {
-        writeln!(self.sink, "{text}")?;
+        writeln!(self.sink, "{text}").map_err(Failure::write)?;
         Ok(())
     }
 

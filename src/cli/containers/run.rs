@@ -381,10 +381,7 @@ pub async fn run(client: Client, out: &mut Out, args: RunArgs) -> Result<u8, Fai
             err.get("type").and_then(Value::as_str).unwrap_or("error"),
             err.get("message").and_then(Value::as_str).unwrap_or("")
         );
-        return Err(Failure {
-            code: EXIT_PLATFORM,
-            message,
-        });
+        return Err(Failure::with_code(EXIT_PLATFORM, message));
     }
     print_result(out, &result)?;
     Ok(exit_code_of(&result))
