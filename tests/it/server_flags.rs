@@ -483,3 +483,36 @@ async fn provider_output_cap_bytes() {
     .await;
     assert!(status < 300);
 }
+
+/// `--max-concurrent-runs`: deleting a running run frees its slot at once
+/// (the next run is accepted right after the DELETE answers).
+#[actix_rt::test]
+async fn deleting_a_run_frees_its_concurrency_slot() {
+    use crate::support::docker::engine;
+    use crate::support::stack::{Stack, StackOpts};
+    if engine().await.is_none() {
+        return;
+    }
+    let Some(s) = Stack::start(StackOpts {
+        api_args: vec!["--max-concurrent-runs".into(), "1".into()],
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    s.warm_up().await;
+    let runs = format!("{}/api/v1/containers/runs", s.api_url());
+    let long = r#"{"profile":"codex","args":["sleep","60"],"wait":false}"#;
+    let (status, _, first) = call("POST", &runs, Some(&s.token), Some(long)).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, _, v) = call("POST", &runs, Some(&s.token), Some(long)).await;
+    assert_eq!(status, 429, "one at a time: {v}");
+    let id = first["run_id"].as_str().unwrap();
+    let (status, _, v) = call("DELETE", &format!("{runs}/{id}"), Some(&s.token), None).await;
+    assert!(status < 300, "{v}");
+    let (status, _, second) = call("POST", &runs, Some(&s.token), Some(long)).await;
+    assert_eq!(status, 202, "the slot is free: {second}");
+    let id = second["run_id"].as_str().unwrap();
+    call("DELETE", &format!("{runs}/{id}"), Some(&s.token), None).await;
+}

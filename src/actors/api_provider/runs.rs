@@ -171,6 +171,17 @@ impl Handler<DeleteRun> for ApiProvider {
                 })
             }
             .into_actor(act)
+            .map(|deleted, act, _| {
+                if let Ok(d) = &deleted {
+                    // Its slot is free now, not when the cancel's result
+                    // comes back.
+                    if let Some(run) = act.runs.get_mut(&d.run_id) {
+                        run.deleted = true;
+                    }
+                    act.status_cache.forget(&d.owner_account_id);
+                }
+                deleted
+            })
         }))
     }
 }

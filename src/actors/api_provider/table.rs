@@ -29,6 +29,9 @@ pub(super) struct LiveRun {
     pub verify_at: Option<Instant>,
     /// Its end is being recorded: nothing else changes it.
     pub finishing: bool,
+    /// Its record was deleted (its cancel is on the way): it no longer
+    /// counts against its account's concurrent runs.
+    pub deleted: bool,
     /// A result that came in parts: the parts so far, and its response.
     pub parts: BTreeMap<u32, Vec<u8>>,
     pub parts_bytes: usize,
@@ -51,6 +54,7 @@ impl LiveRun {
             querying: false,
             verify_at: None,
             finishing: false,
+            deleted: false,
             parts: BTreeMap::new(),
             parts_bytes: 0,
             summary: None,
@@ -96,7 +100,11 @@ impl ApiProvider {
     /// (`Err` with how many it has).
     pub(super) fn begin(&mut self, run_id: &str, run: LiveRun) -> Result<(), usize> {
         let limit = self.config.max_concurrent_runs;
-        let n = self.runs.values().filter(|r| r.owner == run.owner).count();
+        let n = self
+            .runs
+            .values()
+            .filter(|r| r.owner == run.owner && !r.deleted)
+            .count();
         if limit > 0 && n >= limit {
             return Err(n);
         }
