@@ -264,6 +264,7 @@ pub async fn start(
         max_concurrent_runs: opts.max_concurrent_runs,
         output_cap: opts.output_cap_bytes,
         accept_within: crate::contract::ACCEPT_WITHIN,
+        run_grace: crate::contract::RUN_GRACE,
     };
     let provider = ApiProvider::new(backend, store, usage.clone(), billing, config, pmetrics)
         .with_bus(ready.clone());

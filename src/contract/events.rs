@@ -78,6 +78,10 @@ pub struct RunAccepted {
     pub run_id: String,
     pub owner_account_id: String,
     pub worker_id: String,
+    /// The timeout the worker enforces (the request's, else its profile's):
+    /// the requester's deadline shrinks to it plus the grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// `run.recorded` (ours): the API provider has recorded the run's result;

@@ -373,7 +373,9 @@ async fn codex_flags_mount_and_set_what_they_say() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(&dir);
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[worker]\nallowed_images = [\"bus-busybox:*\"]\n[profiles.codex]\nimage = \"{IMAGE}\"\ntimeout_seconds = 7\n")).unwrap();
+    let config = config.to_string_lossy().into_owned();
     let home = dir.path().join("home");
     let ssh = dir.path().join("ssh");
     std::fs::create_dir(&home).unwrap();
@@ -404,7 +406,12 @@ async fn codex_flags_mount_and_set_what_they_say() {
             mint(&format!("worker-{worker_id}"), "container:admin"),
         );
     let _w = Process::spawn(cmd);
-    let api = api(&broker(&events));
+    let b = broker(&events);
+    let api = api(&b);
+    let mut accepted = b
+        .subscribe(SubscribeSpec::broadcast("bus.containers.run.accepted"))
+        .await
+        .unwrap();
     let script = "echo $CODEX_HOME; cat /root/.codex/auth.json; echo; \
         echo w > /root/.codex/written && echo writable; cat /codex-ssh/known_hosts; echo; \
         echo $SSH_AUTH_SOCK; test -S /ssh-agent.sock && echo socket; echo \"$GIT_SSH_COMMAND\"";
@@ -424,6 +431,13 @@ async fn codex_flags_mount_and_set_what_they_say() {
         std::fs::read_to_string(home.join("written")).unwrap(),
         "w\n"
     );
+    // run.accepted names the timeout the worker enforces (the profile's:
+    // the request set none), so the requester's deadline follows it.
+    let e = within(10, "run.accepted", accepted.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.payload["timeout_seconds"], 7, "{}", e.payload);
 }
 
 /// `bus integration guard --worker-id --process --engine`: once the marked

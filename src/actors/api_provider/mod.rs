@@ -70,6 +70,9 @@ pub struct ProviderConfig {
     /// A run must be accepted by a worker this soon (its `accept_by`);
     /// `contract::ACCEPT_WITHIN` but in tests.
     pub accept_within: Duration,
+    /// Past a run's timeout, how long its result may take
+    /// (`contract::RUN_GRACE` but in tests).
+    pub run_grace: Duration,
 }
 
 /// Counters of the provider.

@@ -241,6 +241,17 @@ impl Handler<Incoming<RunAccepted>> for ApiProvider {
             &e.worker_id,
             ctx,
         );
+        // A run without its own timeout waits as long as its worker lets
+        // it run (the profile's timeout), not the --request-timeout cap.
+        if let Some(t) = e.timeout_seconds.filter(|t| *t > 0) {
+            let grace = self.config.run_grace;
+            if let Some(run) = self.live_run(msg.meta.service, &e.run_id, &e.owner_account_id) {
+                let by = std::time::Instant::now() + std::time::Duration::from_secs(t) + grace;
+                if by < run.deadline {
+                    run.deadline = by;
+                }
+            }
+        }
     }
 }
 

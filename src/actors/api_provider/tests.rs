@@ -199,6 +199,7 @@ fn rig(worker: Worker, tweak: impl FnOnce(&mut ProviderConfig)) -> Rig {
         max_concurrent_runs: 0,
         output_cap: 1 << 20,
         accept_within: Duration::from_millis(200),
+        run_grace: crate::contract::RUN_GRACE,
     };
     tweak(&mut config);
     let provider = ApiProvider::new(
@@ -242,6 +243,7 @@ impl Rig {
                 run_id: run_id.clone(),
                 owner_account_id: "alice".into(),
                 worker_id: "w-mock".into(),
+                timeout_seconds: None,
             },
         });
         run_id
@@ -362,6 +364,33 @@ async fn past_its_deadline_a_running_run_is_cancelled_on_its_worker_and_lost() {
     assert_eq!(seen.deletes[0].worker_id.as_deref(), Some("w-mock"));
     let usage = r.usage.lock().unwrap();
     assert_eq!(usage.last().unwrap().event_type, "container_run_failed");
+}
+
+/// A run without `timeout_seconds` is given up at its worker's timeout
+/// (`run.accepted` says it: the profile's) plus the grace, not at the
+/// --request-timeout cap.
+#[actix_rt::test]
+async fn the_workers_timeout_sets_the_deadline() {
+    let r = rig(Worker::Holds, |c| c.run_grace = Duration::from_millis(500));
+    let Created::Accepted(run_id) = r.provider.send(create(false)).await.unwrap().unwrap() else {
+        panic!("accepted at once");
+    };
+    r.provider.do_send(Incoming {
+        meta: meta(""),
+        body: RunAccepted {
+            run_id: run_id.clone(),
+            owner_account_id: "alice".into(),
+            worker_id: "w-mock".into(),
+            timeout_seconds: Some(1),
+        },
+    });
+    // request_timeout is 60 s: only the worker's timeout ends it this soon.
+    assert_eq!(r.state_within(&run_id, 8).await, RunState::Lost);
+    assert_eq!(
+        r.seen.lock().unwrap().deletes.len(),
+        1,
+        "cancelled on its worker"
+    );
 }
 
 #[actix_rt::test]

@@ -252,6 +252,7 @@ impl DockerWorker {
             run_id: run_id.clone(),
             owner_account_id: owner.clone(),
             worker_id: self.config.worker_id().to_owned(),
+            timeout_seconds: Some(plan.timeout.as_secs()),
         };
         let publication = Publication::new(
             format!("{}.run.accepted", self.config.prefix),
