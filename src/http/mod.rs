@@ -2,6 +2,7 @@
 //! long-running process serves (`/readyz`, `/healthz`, `/metrics`).
 
 pub mod body;
+pub mod client;
 pub mod containers;
 pub mod error;
 pub mod events;

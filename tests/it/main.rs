@@ -27,5 +27,6 @@ mod router;
 mod router_processes;
 mod sandbox;
 mod server_flags;
+mod tls_clients;
 mod worker_actors;
 mod worker_processes;

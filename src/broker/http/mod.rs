@@ -100,9 +100,7 @@ impl HttpBrokerConfig {
 
 thread_local! {
     // awc's client is not Send: one per thread (arbiter).
-    static CLIENT: awc::Client = awc::Client::builder()
-        .disable_timeout()
-        .finish();
+    static CLIENT: awc::Client = crate::http::client::client(None);
 }
 
 fn client() -> awc::Client {

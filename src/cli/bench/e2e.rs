@@ -91,9 +91,7 @@ fn cli(stack: &Stack, run: &[&str]) -> Command {
 }
 
 fn client() -> awc::Client {
-    awc::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .finish()
+    crate::http::client::client(Some(Duration::from_secs(300)))
 }
 
 async fn post_run(client: &awc::Client, stack: &Stack, body: &Value) -> Result<Value, String> {

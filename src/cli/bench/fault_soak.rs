@@ -158,7 +158,7 @@ pub fn run(args: SoakArgs) -> Result<(), Failure> {
     let outcome = actix_rt::System::new().block_on(async move {
         let procs = stack;
         let api = Api {
-            http: awc::Client::builder().disable_timeout().finish(),
+            http: crate::http::client::client(None),
             base,
             token: user,
         };

@@ -212,9 +212,7 @@ fn expected(plan: Plan) -> &'static str {
 pub fn run(args: SoakArgs) -> Result<(), Failure> {
     let stack = Stack::start(&args.image, args.pool_size, args.concurrency)?;
     let client = Client {
-        http: awc::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .finish(),
+        http: crate::http::client::client(Some(Duration::from_secs(120))),
         base: stack.url.clone(),
         token: stack.token.clone(),
     };

@@ -80,7 +80,7 @@ impl Client {
             base: origin.to_owned(),
             token,
             timeout,
-            http: awc::Client::builder().disable_timeout().finish(),
+            http: crate::http::client::client(None),
         })
     }
 

@@ -150,3 +150,35 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, kept: Arc<Mutex<Ve
         }
     }
 }
+
+/// A TLS terminator on 127.0.0.1 (its certificate from `pki`) in front of
+/// the plain HTTP server at `upstream`; runs on its own thread for the
+/// rest of the test process. Returns its address.
+pub fn terminate(pki: &TestPki, upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+    });
+    addr
+}
