@@ -10,6 +10,7 @@ use super::serve_containers::{
 };
 use crate::actors::bus::dispatcher::ReplyMetrics;
 use crate::actors::bus::requester::{BusIdentity, Requester};
+use crate::actors::docker_worker::metrics::WorkerMetrics;
 use crate::actors::docker_worker::{DockerWorker, Engine, Shutdown, WorkerConfig};
 use crate::actors::router::{self, Router, RouterBackend, RouterConfig, RouterMetrics};
 use crate::auth::{
@@ -322,7 +323,9 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
         }
         let settings = WorkerSettings { worker_id: worker_id.clone(), config: config.clone(), codex_mounts: vec![], codex_env: vec![] };
         let publisher = Requester::new(broker.clone(), BusIdentity::service("dev-worker"), ReplyMetrics::register(&metrics, "bus_worker"));
-        let worker = DockerWorker::start(broker.clone(), publisher, engine, WorkerConfig::new(settings, "bus.docker")).await?;
+        let mut worker_config = WorkerConfig::new(settings, "bus.docker");
+        worker_config.metrics = WorkerMetrics::register(&metrics);
+        let worker = DockerWorker::start(broker.clone(), publisher, engine, worker_config).await?;
         let opts = ContainersOptions {
             backend: ApiBackend::Events,
             usage_backend: UsageBackend::Memory,
@@ -336,7 +339,9 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
             heartbeat: HEARTBEAT,
             workers: 2,
         };
-        let api = serve_containers::start(opts, secrets, store, Some((broker.clone(), BusIdentity::service("dev-api"))), listener).await?;
+        // One registry for the whole stack: /metrics shows the bus, the
+        // router, the worker and the provider.
+        let api = serve_containers::start(opts, secrets, store, Some((broker.clone(), BusIdentity::service("dev-api"))), listener, metrics.clone()).await?;
         let url = format!("http://{}", api.addr);
         let handle = api.server.handle();
         actix_rt::spawn(api.server);

@@ -183,9 +183,9 @@ pub async fn start(
         crate::actors::bus::requester::BusIdentity,
     )>,
     listener: std::net::TcpListener,
+    metrics: Metrics,
 ) -> Result<ContainersServer, Failure> {
     let addr = server::local_addr(&listener);
-    let metrics = Metrics::new();
     let instance_id = opts.instance_id.clone();
     // Runs this instance left running are asked of their workers (not
     // simply recorded lost).
@@ -431,7 +431,7 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
             Some(b) => Some((b.open().await?, b.identity.clone())),
             None => None,
         };
-        let started = start(opts, secrets, store, bus, listener).await?;
+        let started = start(opts, secrets, store, bus, listener, Metrics::new()).await?;
         let handle = started.server.handle();
         actix_rt::spawn(async move {
             stop_signal().await;

@@ -323,6 +323,7 @@ pub fn run_worker(args: WorkerArgs, flavour: Flavour) -> Result<(), Failure> {
     }
     actix_rt::System::new().block_on(async move {
         let metrics = Metrics::new();
+        config.metrics = crate::actors::docker_worker::metrics::WorkerMetrics::register(&metrics);
         let broker = bus.open().await?;
         let publisher = Requester::new(
             broker.clone(),

@@ -734,3 +734,75 @@ fn auth_token_saves_a_scoped_token_for_the_client() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bus dev"));
 }
+
+/// `/metrics` of `bus dev` covers the whole stack: the bus, the router,
+/// the worker (live sessions, pool hits and misses, container start
+/// latency) and the provider (runs by state), and the process (RSS, fds,
+/// CPU).
+#[actix_rt::test]
+async fn metrics_cover_the_whole_stack() {
+    if engine().await.is_none() {
+        return;
+    }
+    let dev = start_dev(&["--pool-size", "1"], |_| {});
+    let run = || {
+        containers(&dev)
+            .args(["run", "--profile", "codex", "--", "true"])
+            .output()
+            .unwrap()
+    };
+    // The first run may find the pool still warming (a miss); wait until a
+    // pooled container is idle, then a run takes it (a hit).
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scrape = || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", &format!("{}/metrics", dev.url)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(-1.0)
+    };
+    let mut hit = false;
+    for _ in 0..40 {
+        let out = run();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if value(&scrape(), "bus_worker_pool_hits_total") >= 1.0 {
+            hit = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let text = scrape();
+    assert!(hit, "a pooled run: {text}");
+    for name in [
+        "bus_events_published_total",
+        "bus_router_requests_total",
+        "bus_worker_pool_misses_total",
+        "bus_worker_container_start_seconds_count",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(value(&text, name) >= 0.0, "{name} in {text}");
+    }
+    assert_eq!(value(&text, "bus_worker_live_sessions"), 0.0, "{text}");
+    assert!(value(&text, "bus_worker_container_start_seconds_count") >= 1.0);
+    assert!(value(&text, "process_resident_memory_bytes") > 1e6);
+    assert!(
+        value(&text, "bus_api_runs_total{state=\"succeeded\"}") >= 2.0,
+        "{text}"
+    );
+}

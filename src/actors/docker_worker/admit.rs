@@ -217,7 +217,15 @@ impl DockerWorker {
             let take = pool.take.send(warm_pool::Take(profile.clone()));
             ctx.spawn(take.into_actor(self).map(move |taken, act, ctx| {
                 act.pending -= 1;
-                act.open_session(plan, owner, corr, task, taken.ok().flatten(), ctx);
+                let taken = taken.ok().flatten();
+                let m = &act.config.metrics;
+                if taken.is_some() {
+                    &m.pool_hits
+                } else {
+                    &m.pool_misses
+                }
+                .inc();
+                act.open_session(plan, owner, corr, task, taken, ctx);
             }));
             return;
         }
@@ -269,6 +277,7 @@ impl DockerWorker {
             run_id,
             Live {
                 seat,
+                admitted: std::time::Instant::now(),
                 owner,
                 correlation_ids: corr.into_iter().collect(),
                 started_at: now_rfc3339(),
@@ -276,5 +285,9 @@ impl DockerWorker {
                 task,
             },
         );
+        self.config
+            .metrics
+            .live_sessions
+            .set(self.sessions.len() as i64);
     }
 }

@@ -23,6 +23,7 @@
 mod admit;
 mod durable;
 mod lifecycle;
+pub mod metrics;
 mod per_run;
 mod results;
 mod runner_requests;
@@ -78,6 +79,7 @@ pub struct WorkerConfig {
     pub seats: Seats,
     /// How long a final result is kept for the API provider to record.
     pub result_retention: Duration,
+    pub metrics: metrics::WorkerMetrics,
 }
 
 impl WorkerConfig {
@@ -91,6 +93,7 @@ impl WorkerConfig {
             reap_every: Duration::from_secs(60),
             seats: Seats::real(),
             result_retention: Duration::from_secs(600),
+            metrics: metrics::WorkerMetrics::default(),
         }
     }
 
@@ -102,6 +105,7 @@ impl WorkerConfig {
 /// A run this worker holds.
 struct Live {
     seat: SessionSeat,
+    admitted: std::time::Instant,
     owner: String,
     /// Everyone who asked for this run (a retry, a redelivery).
     correlation_ids: Vec<String>,
@@ -358,10 +362,18 @@ impl Handler<SessionNote> for DockerWorker {
                 if let Some(live) = self.sessions.get_mut(&run_id) {
                     live.container_id = Some(container_id);
                     live.started_at = now_rfc3339();
+                    self.config
+                        .metrics
+                        .start_seconds
+                        .observe(live.admitted.elapsed().as_secs_f64());
                 }
             }
             SessionNote::Finished { run_id, reply } => {
                 if let Some(live) = self.sessions.remove(&run_id) {
+                    self.config
+                        .metrics
+                        .live_sessions
+                        .set(self.sessions.len() as i64);
                     self.finish_run(
                         run_id,
                         live.owner,

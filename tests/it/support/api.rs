@@ -142,6 +142,7 @@ impl Api {
             store.clone(),
             bus,
             listener,
+            bus_containers::metrics::Metrics::new(),
         )
         .await
         .unwrap();
