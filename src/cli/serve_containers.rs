@@ -194,15 +194,21 @@ pub async fn start(
         .await
         .map_err(|e| Failure::error(e.to_string()))?;
     let retention = opts.retention;
+    let prune = move |store: SharedStore| async move {
+        match store.prune(retention).await {
+            Ok(n) if n > 0 => tracing::info!(removed = n, "run ledger retention"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "run ledger retention failed"),
+        }
+    };
+    // Once before serving (so nothing past retention is ever listed),
+    // then hourly.
+    prune(store.clone()).await;
     let prune_store = store.clone();
     actix_rt::spawn(async move {
         loop {
-            match prune_store.prune(retention).await {
-                Ok(n) if n > 0 => tracing::info!(removed = n, "run ledger retention"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "run ledger retention failed"),
-            }
             actix_rt::time::sleep(Duration::from_secs(3600)).await;
+            prune(prune_store.clone()).await;
         }
     });
     let pmetrics = ProviderMetrics::register(&metrics);
