@@ -464,14 +464,21 @@ async fn provider_output_cap_bytes() {
     assert_eq!(status, 202, "{v}");
     let run = v["run_id"].as_str().unwrap().to_owned();
     let logs = format!("{}/api/v1/containers/runs/{run}/logs", s.api_url());
-    // Long enough for both lines to have been printed and forwarded.
-    actix_rt::time::sleep(Duration::from_millis(2500)).await;
-    let out = Command::new("curl")
-        .args(["-s", "-H", &format!("Authorization: Bearer {}", s.token)])
-        .arg(format!("{logs}?follow=false"))
-        .output()
-        .unwrap();
-    let seen = text(&out.stdout);
+    let read = || {
+        let out = Command::new("curl")
+            .args(["-s", "-H", &format!("Authorization: Bearer {}", s.token)])
+            .arg(format!("{logs}?follow=false"))
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while !read().contains("first") && Instant::now() < until {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    // "second" is printed a second after "first": give it time to arrive.
+    actix_rt::time::sleep(Duration::from_millis(3000)).await;
+    let seen = read();
     assert!(seen.contains("first"), "{seen}");
     assert!(!seen.contains("second"), "past the cap: {seen}");
     let (status, _, _) = call(
