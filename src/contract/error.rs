@@ -17,6 +17,10 @@ pub enum ErrorType {
     /// The run is not in a state that allows this (ours: 409).
     Conflict,
     PayloadTooLarge,
+    /// A request line over the limit (ours: 414).
+    UriTooLong,
+    /// Request headers over the limit (ours: 431).
+    HeadersTooLarge,
     /// A body that is not JSON by its `Content-Type` (ours: 415).
     UnsupportedMediaType,
     RateLimited,
@@ -39,6 +43,8 @@ impl ErrorType {
             ErrorType::MethodNotAllowed => "method_not_allowed",
             ErrorType::Conflict => "conflict",
             ErrorType::PayloadTooLarge => "payload_too_large",
+            ErrorType::UriTooLong => "uri_too_long",
+            ErrorType::HeadersTooLarge => "headers_too_large",
             ErrorType::UnsupportedMediaType => "unsupported_media_type",
             ErrorType::RateLimited => "rate_limited",
             ErrorType::Timeout => "timeout",
@@ -61,6 +67,8 @@ impl ErrorType {
             ErrorType::MethodNotAllowed => 405,
             ErrorType::Conflict => 409,
             ErrorType::PayloadTooLarge => 413,
+            ErrorType::UriTooLong => 414,
+            ErrorType::HeadersTooLarge => 431,
             ErrorType::UnsupportedMediaType => 415,
             ErrorType::RateLimited => 429,
             ErrorType::Timeout | ErrorType::Unavailable => 503,

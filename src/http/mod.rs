@@ -7,6 +7,7 @@ pub mod containers;
 pub mod error;
 pub mod events;
 pub mod idempotency;
+pub mod limits;
 pub mod ndjson;
 pub mod peer;
 pub mod probes;

@@ -2,6 +2,7 @@
 
 use super::{error::no_route, events, probes};
 use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
 
@@ -55,6 +56,7 @@ pub fn start_events(
     let server = HttpServer::new(move || {
         let (api, probes) = (api.clone(), probes.clone());
         App::new()
+            .wrap(from_fn(super::limits::head))
             .app_data(recent.clone())
             .configure(|cfg| events::configure(cfg, api))
             .configure(|cfg| probes::configure(cfg, probes))
@@ -75,6 +77,7 @@ pub fn start_probes(listener: TcpListener, probes: probes::Probes) -> std::io::R
     let server = HttpServer::new(move || {
         let probes = probes.clone();
         App::new()
+            .wrap(from_fn(super::limits::head))
             .configure(|cfg| probes::configure(cfg, probes))
             .default_service(web::to(no_route))
     })
@@ -98,6 +101,7 @@ pub fn start_containers(
     let server = HttpServer::new(move || {
         let (api, probes, metrics) = (api.clone(), probes.clone(), metrics.clone());
         App::new()
+            .wrap(from_fn(super::limits::head))
             .wrap_fn(move |req, srv| {
                 let started = std::time::Instant::now();
                 let method = req.method().to_string();

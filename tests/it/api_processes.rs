@@ -440,3 +440,77 @@ fn pipes_and_formats() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One raw HTTP/1.1 request; the status and the JSON body of its answer.
+fn raw_request(addr: &str, head: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {text}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, body)
+}
+
+/// A request target over 8 KiB is 414 and a head with too many or too
+/// large headers 431, each with the JSON error body, on the containers
+/// API and the Events API alike; a head under the limits is served.
+#[test]
+fn heads_over_the_limits_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider(dir.path());
+    let e = events_process();
+    for server in [&p, &e] {
+        let addr = server.url().trim_start_matches("http://").to_owned();
+        let long = "a".repeat(9000);
+        let (code, body) = raw_request(
+            &addr,
+            &format!("GET /readyz?x={long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(
+            (code, &body["error"]["type"]),
+            (414, &"uri_too_long".into()),
+            "{body}"
+        );
+        let many: String = (0..80).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let (code, body) = raw_request(
+            &addr,
+            &format!("GET /readyz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n"),
+        );
+        assert_eq!(
+            (code, &body["error"]["type"]),
+            (431, &"headers_too_large".into()),
+            "{body}"
+        );
+        let big = "b".repeat(40_000);
+        let (code, body) = raw_request(
+            &addr,
+            &format!(
+                "GET /readyz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert_eq!(
+            (code, &body["error"]["type"]),
+            (431, &"headers_too_large".into()),
+            "{body}"
+        );
+        let few: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let (code, body) = raw_request(
+            &addr,
+            &format!(
+                "GET /readyz?x={} HTTP/1.1\r\nHost: x\r\n{few}Connection: close\r\n\r\n",
+                "a".repeat(4000)
+            ),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+}
