@@ -198,7 +198,7 @@ impl ContainerRuntime for FakeRuntime {
         _progress: Box<dyn Fn(String)>,
     ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
         let r = self.check().and_then(|_| {
-            Err(RuntimeError::Unavailable(format!(
+            Err(RuntimeError::Engine(format!(
                 "no registry reachable to pull {image}"
             )))
         });

@@ -806,3 +806,62 @@ async fn metrics_cover_the_whole_stack() {
         "{text}"
     );
 }
+
+/// A run whose image is not on the engine is pulled on demand where a
+/// registry serves it (a real registry on loopback); where none does, the
+/// run is refused with the pull's words and how to build it offline.
+#[actix_rt::test]
+async fn a_missing_image_is_pulled_on_demand() {
+    use crate::support::registry::Registry;
+    if engine().await.is_none() {
+        return;
+    }
+    let Some(registry) = Registry::start() else {
+        return;
+    };
+    let name = format!("bus-pull-{}:v1", uuid::Uuid::new_v4().simple());
+    let remote = registry.push(crate::support::docker::IMAGE, &name);
+    // The project's config, with the registry's images allowed too.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("config.toml");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    let allowed = r#"allowed_images = ["bus-busybox:*"]"#;
+    assert!(text.contains(allowed));
+    std::fs::write(
+        &config,
+        text.replace(
+            allowed,
+            r#"allowed_images = ["bus-busybox:*", "127.0.0.1:*"]"#,
+        ),
+    )
+    .unwrap();
+    let dev = start_dev(&["--config", config.to_str().unwrap()], |_| {});
+    let run = |image: &str| {
+        containers(&dev)
+            .args([
+                "run", "--format", "text", "--image", image, "--", "echo", "pulled",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run(&remote);
+    let _ = Command::new("docker").args(["rmi", &remote]).output();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "pulled\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let absent = format!("{}/bus-pull-absent:v1", registry.host);
+    let out = run(&absent);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{said}");
+    assert!(
+        said.contains("could not be pulled") && said.contains("scripts/build-test-image"),
+        "{said}"
+    );
+}

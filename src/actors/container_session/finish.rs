@@ -43,9 +43,9 @@ impl ContainerSession {
             return;
         }
         let detail = match &e {
-            RuntimeError::ImageMissing(_) => ErrorDetail::new(
+            RuntimeError::ImageMissing(why) => ErrorDetail::new(
                 ErrorType::BadRequest,
-                format!("image {} is not present on worker {} (runner start pulls profile images; offline, build it with scripts/build-test-image)", self.plan.image, self.cx.worker_id),
+                format!("image {image} is not present on worker {} and could not be pulled ({why}); where no registry can be reached, build it offline: scripts/build-test-image {image}", self.cx.worker_id, image = self.plan.image),
             ),
             RuntimeError::Unavailable(m) => ErrorDetail::new(ErrorType::Unavailable, m.clone()),
             other => ErrorDetail::new(ErrorType::BackendError, other.to_string()),

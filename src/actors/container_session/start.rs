@@ -50,7 +50,16 @@ impl ContainerSession {
         // Until the container runs, other messages (cancel, input) wait.
         ctx.wait(
             async move {
-                let id = runtime.create(&spec).await.map_err(|e| (None, e))?;
+                let id = match runtime.create(&spec).await {
+                    // Not on this engine: pulled on demand, then created.
+                    Err(RuntimeError::ImageMissing(_)) => {
+                        pull(runtime.as_ref(), &spec.image)
+                            .await
+                            .map_err(|e| (None, e))?;
+                        runtime.create(&spec).await.map_err(|e| (None, e))?
+                    }
+                    other => other.map_err(|e| (None, e))?,
+                };
                 if !files.is_empty() {
                     if let Err(e) = runtime.upload(&id, &files).await {
                         return Err((Some(id), e));
@@ -192,5 +201,31 @@ impl ContainerSession {
             finished_at: now_rfc3339(),
         };
         self.maybe_finish(ctx);
+    }
+}
+
+/// How long a run waits for its image to be pulled.
+const PULL_WITHIN: Duration = Duration::from_secs(300);
+
+/// Pulls a run's missing image; an image no registry serves stays
+/// `ImageMissing`, with the engine's words.
+async fn pull(
+    runtime: &dyn crate::runtime::ContainerRuntime,
+    image: &str,
+) -> Result<(), RuntimeError> {
+    tracing::info!(image, "the run's image is not on this engine; pulling it");
+    let log_image = image.to_owned();
+    let pulling = runtime.pull(
+        image,
+        Box::new(move |line| tracing::debug!(image = %log_image, "{line}")),
+    );
+    match actix_rt::time::timeout(PULL_WITHIN, pulling).await {
+        Err(_) => Err(RuntimeError::ImageMissing(format!(
+            "the pull did not finish within {}s",
+            PULL_WITHIN.as_secs()
+        ))),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(RuntimeError::Unavailable(m))) => Err(RuntimeError::Unavailable(m)),
+        Ok(Err(e)) => Err(RuntimeError::ImageMissing(e.to_string())),
     }
 }

@@ -28,8 +28,12 @@ impl DockerRuntime {
         let (this, image) = (self.clone(), image.to_owned());
         async move {
             let client = this.ready_client().await?;
+            // A name without a tag or digest would pull every tag.
+            let last = image.rsplit('/').next().unwrap_or(&image);
+            let tag = (!last.contains(':') && !last.contains('@')).then(|| "latest".to_owned());
             let options = CreateImageOptions {
                 from_image: Some(image.clone()),
+                tag,
                 ..Default::default()
             };
             let mut stream = client.create_image(Some(options), None, None);

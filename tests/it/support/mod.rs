@@ -7,6 +7,7 @@ pub mod api;
 pub mod docker;
 pub mod mock_worker;
 pub mod nats;
+pub mod registry;
 pub mod stack;
 pub mod tls;
 
