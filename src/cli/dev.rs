@@ -296,6 +296,7 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
                 acl: Acl::default(),
                 heartbeat: HEARTBEAT,
                 max_payload: MAX_PAYLOAD,
+                streams: Default::default(),
             };
             let ready = broker.clone();
             let probes = Probes { ready: Arc::new(move || ready.ready().map_err(|e| e.to_string())), metrics: metrics.clone() };
@@ -337,6 +338,7 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
             output_cap_bytes: config.worker.output_cap_bytes,
             max_body_bytes: 1 << 20,
             heartbeat: HEARTBEAT,
+            streams: Default::default(),
             workers: 2,
         };
         // One registry for the whole stack: /metrics shows the bus, the

@@ -20,6 +20,7 @@ use crate::http::containers::ContainersApi;
 use crate::http::probes::{Probes, ReadyCheck};
 use crate::http::request_metrics::RequestMetrics;
 use crate::http::server;
+use crate::http::stream_slots::StreamSlots;
 use crate::metrics::Metrics;
 use crate::parse::parse_duration;
 use crate::store::sqlite::SqliteStore;
@@ -103,6 +104,12 @@ pub struct ContainersServerArgs {
     /// Heartbeat on log streams.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub heartbeat: Duration,
+    /// Open log follows allowed in total; more are 429.
+    #[arg(long, default_value_t = crate::http::stream_slots::MAX_STREAMS)]
+    pub max_streams: usize,
+    /// Open log follows allowed per token identity (sub); more are 429.
+    #[arg(long, default_value_t = crate::http::stream_slots::MAX_STREAMS_PER_IDENTITY)]
+    pub max_streams_per_identity: usize,
     /// HTTP worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -160,6 +167,7 @@ pub struct ContainersOptions {
     pub output_cap_bytes: usize,
     pub max_body_bytes: usize,
     pub heartbeat: Duration,
+    pub streams: StreamSlots,
     pub workers: usize,
 }
 
@@ -347,6 +355,7 @@ pub async fn start(
         max_body: opts.max_body_bytes,
         heartbeat: opts.heartbeat,
         wait_cap: opts.request_timeout,
+        streams: opts.streams.clone(),
     };
     let probes = Probes {
         ready: Arc::new(move || {
@@ -392,6 +401,11 @@ pub fn secrets_from_env() -> Result<Secrets, Failure> {
 
 pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
     let secrets = secrets_from_env()?;
+    if args.max_streams == 0 || args.max_streams_per_identity == 0 {
+        return Err(Failure::usage(
+            "--max-streams and --max-streams-per-identity must be greater than zero",
+        ));
+    }
     if args.request_timeout.is_zero() || args.heartbeat.is_zero() {
         return Err(Failure::usage(
             "--request-timeout and --heartbeat must be greater than zero",
@@ -425,6 +439,7 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
         output_cap_bytes: args.output_cap_bytes,
         max_body_bytes: args.max_body_bytes,
         heartbeat: args.heartbeat,
+        streams: StreamSlots::new(args.max_streams, args.max_streams_per_identity),
         workers: args.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get())

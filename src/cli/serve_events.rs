@@ -8,6 +8,7 @@ use crate::broker::SharedBroker;
 use crate::http::events::{EventsApi, MAX_PAYLOAD};
 use crate::http::probes::Probes;
 use crate::http::server;
+use crate::http::stream_slots::StreamSlots;
 use crate::metrics::{BusMetrics, Metrics};
 use crate::parse::parse_duration;
 use clap::{Args, ValueEnum};
@@ -51,6 +52,12 @@ pub struct EventsServerArgs {
     /// (memory backend).
     #[arg(long, default_value_t = HubConfig::default().queue_capacity)]
     pub queue_capacity: usize,
+    /// Open event streams allowed in total; more are 429.
+    #[arg(long, default_value_t = crate::http::stream_slots::MAX_STREAMS)]
+    pub max_streams: usize,
+    /// Open event streams allowed per token identity (sub); more are 429.
+    #[arg(long, default_value_t = crate::http::stream_slots::MAX_STREAMS_PER_IDENTITY)]
+    pub max_streams_per_identity: usize,
     /// HTTP worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -62,6 +69,11 @@ pub fn run(args: EventsServerArgs) -> Result<(), Failure> {
         "BUS_API_JWT_SECRET_PREVIOUS",
     )
     .map_err(Failure::usage)?;
+    if args.max_streams == 0 || args.max_streams_per_identity == 0 {
+        return Err(Failure::usage(
+            "--max-streams and --max-streams-per-identity must be greater than zero",
+        ));
+    }
     if args.heartbeat.is_zero() {
         return Err(Failure::usage("--heartbeat must be greater than zero"));
     }
@@ -99,6 +111,7 @@ pub fn run(args: EventsServerArgs) -> Result<(), Failure> {
             acl: Acl::new(&args.protected_prefix),
             heartbeat: args.heartbeat,
             max_payload: args.max_payload_bytes,
+            streams: StreamSlots::new(args.max_streams, args.max_streams_per_identity),
         };
         let workers = args.workers.unwrap_or_else(|| {
             std::thread::available_parallelism()

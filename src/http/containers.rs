@@ -40,6 +40,8 @@ pub struct ContainersApi {
     pub heartbeat: Duration,
     /// The longest `GET .../wait` (`--request-timeout`).
     pub wait_cap: Duration,
+    /// Caps on open log follows, per identity and in total.
+    pub streams: super::stream_slots::StreamSlots,
 }
 
 fn caller(req: &HttpRequest, api: &ContainersApi, scope: &str) -> Result<Identity, ApiError> {
@@ -229,6 +231,7 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
     let who = caller(&req, &api, scopes::CONTAINER_READ)?;
     let q = query_map(&req)?;
     let follow = query_bool(&q, "follow", false)?;
+    let slot = follow.then(|| api.streams.take(&who.sub)).transpose()?;
     let feed = api
         .provider
         .send(FollowLogs {
@@ -274,7 +277,10 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
         .content_type("application/x-ndjson")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(with_heartbeats(lines, api.heartbeat)))
+        .streaming(super::stream_slots::holding(
+            slot,
+            with_heartbeats(lines, api.heartbeat),
+        )))
 }
 
 async fn input(

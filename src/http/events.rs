@@ -26,6 +26,8 @@ pub struct EventsApi {
     pub acl: Acl,
     pub heartbeat: Duration,
     pub max_payload: usize,
+    /// Caps on open streams, per identity and in total.
+    pub streams: super::stream_slots::StreamSlots,
 }
 
 /// Verifies the bearer token of `req`.
@@ -121,6 +123,7 @@ async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpRespo
         delivery,
         name,
     };
+    let slot = api.streams.take(&who.sub)?;
     let events = api.broker.subscribe(spec).await?;
     // The stream (and its subscription) ends the moment its client goes.
     let departed = req.conn_data::<PeerFd>().copied();
@@ -154,7 +157,7 @@ async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpRespo
             }))
         })
         .boxed_local();
-    let body = with_heartbeats(lines, api.heartbeat);
+    let body = super::stream_slots::holding(slot, with_heartbeats(lines, api.heartbeat));
     Ok(HttpResponse::Ok()
         .insert_header((MAX_PAYLOAD_HEADER, api.max_payload.to_string()))
         .content_type("application/x-ndjson")

@@ -13,5 +13,6 @@ pub mod peer;
 pub mod probes;
 pub mod request_metrics;
 pub mod server;
+pub mod stream_slots;
 
 pub use error::ApiError;

@@ -49,6 +49,7 @@ async fn http_clients_and_nats_clients_share_one_bus() {
         acl: Acl::default(),
         heartbeat: Duration::from_secs(15),
         max_payload: 1 << 20,
+        streams: Default::default(),
     };
     let ready = shared.clone();
     let probes = Probes {

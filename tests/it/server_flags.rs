@@ -523,3 +523,176 @@ async fn deleting_a_run_frees_its_concurrency_slot() {
     let id = second["run_id"].as_str().unwrap();
     call("DELETE", &format!("{runs}/{id}"), Some(&s.token), None).await;
 }
+
+/// The status code of a raw request's answer, read off its first line;
+/// and whatever else came with it so far.
+fn status_of(tcp: &mut std::net::TcpStream) -> (u16, String) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !text(&seen).contains("\r\n\r\n") {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    // The body of an error comes right after its head.
+    if !text(&seen).starts_with("HTTP/1.1 200") {
+        tcp.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        while !text(&seen).contains("}}") {
+            match tcp.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    let all = text(&seen);
+    let code = all
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, all)
+}
+
+/// `--max-streams-per-identity` and `--max-streams` of the Events API:
+/// one token over its cap gets `429 rate_limited` (JSON, `Retry-After`)
+/// however many connections it opens (a bounded 600 here, all held open),
+/// while another identity's stream and `/readyz` are served; a stream that
+/// ends gives its place back; the total cap holds across identities.
+#[test]
+fn events_stream_caps() {
+    let srv = events_with(&["--max-streams-per-identity", "10", "--max-streams", "20"]);
+    let alice = mint("alice", "events:listen");
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut tcp = raw_stream(&srv, &alice, "app.caps");
+        let (code, all) = status_of(&mut tcp);
+        assert_eq!(code, 200, "{all}");
+        held.push(tcp);
+    }
+    let mut refused = Vec::new();
+    for i in 0..600 {
+        let mut tcp = raw_stream(&srv, &alice, "app.caps");
+        let (code, all) = status_of(&mut tcp);
+        assert_eq!(code, 429, "attempt {i}: {all}");
+        if i == 0 {
+            assert!(
+                all.contains("\"rate_limited\"") && all.contains("open streams"),
+                "{all}"
+            );
+            assert!(all.to_ascii_lowercase().contains("retry-after: 1"), "{all}");
+        }
+        refused.push(tcp);
+    }
+    // Others are served meanwhile.
+    let bob = mint("bob", "events:listen");
+    let mut tcp = raw_stream(&srv, &bob, "app.caps");
+    assert_eq!(status_of(&mut tcp).0, 200);
+    held.push(tcp);
+    let ready = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("{}/readyz", srv.url()))
+        .output()
+        .unwrap();
+    assert_eq!(text(&ready.stdout), "200");
+    // A stream that ends gives its place back.
+    drop(held.remove(0));
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut tcp = raw_stream(&srv, &alice, "app.caps");
+        let (code, all) = status_of(&mut tcp);
+        if code == 200 {
+            held.push(tcp);
+            break;
+        }
+        assert!(Instant::now() < until, "the place never came back: {all}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 11 open; 9 more fill the server, the next is over the total.
+    for i in 0..9 {
+        let tok = mint(&format!("carol{i}"), "events:listen");
+        let mut tcp = raw_stream(&srv, &tok, "app.caps");
+        assert_eq!(status_of(&mut tcp).0, 200);
+        held.push(tcp);
+    }
+    let dave = mint("dave", "events:listen");
+    let mut tcp = raw_stream(&srv, &dave, "app.caps");
+    let (code, all) = status_of(&mut tcp);
+    assert_eq!(code, 429, "{all}");
+    assert!(all.contains("the server has 20 open streams"), "{all}");
+    drop(refused);
+}
+
+/// `--max-streams-per-identity` of the containers API caps log follows:
+/// the next follow by the same token is `429`, its other requests and
+/// other accounts are served.
+#[actix_rt::test]
+async fn provider_log_follow_caps() {
+    use crate::support::docker::engine;
+    use crate::support::stack::{Stack, StackOpts};
+    if engine().await.is_none() {
+        return;
+    }
+    let Some(s) = Stack::start(StackOpts {
+        api_args: vec![
+            "--max-streams-per-identity".into(),
+            "3".into(),
+            "--max-streams".into(),
+            "100".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    s.warm_up().await;
+    let runs = format!("{}/api/v1/containers/runs", s.api_url());
+    let (status, _, v) = call(
+        "POST",
+        &runs,
+        Some(&s.token),
+        Some(r#"{"profile":"codex","args":["sleep","60"],"wait":false}"#),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["run_id"].as_str().unwrap().to_owned();
+    let addr = s.api_url().trim_start_matches("http://").to_owned();
+    let follow = || {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            tcp,
+            "GET /api/v1/containers/runs/{id}/logs?follow=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            s.token
+        )
+        .unwrap();
+        let (code, all) = status_of(&mut tcp);
+        (code, all, tcp)
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (code, all, tcp) = follow();
+        assert_eq!(code, 200, "{all}");
+        held.push(tcp);
+    }
+    let (code, all, _) = follow();
+    assert_eq!(code, 429, "{all}");
+    assert!(all.contains("\"rate_limited\""), "{all}");
+    let (status, _, v) = call("GET", &format!("{runs}/{id}"), Some(&s.token), None).await;
+    assert_eq!(status, 200, "not a stream: {v}");
+    let other = token("someone-else", ALL);
+    let (status, _, v) = call("GET", &runs, Some(&other), None).await;
+    assert_eq!(status, 200, "{v}");
+    call("DELETE", &format!("{runs}/{id}"), Some(&s.token), None).await;
+    drop(held);
+}

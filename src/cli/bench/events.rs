@@ -125,6 +125,7 @@ pub fn run(args: EventsBenchArgs) -> Result<(), Failure> {
             acl: Acl::default(),
             heartbeat: Duration::from_secs(15),
             max_payload: 1 << 20,
+            streams: Default::default(),
         };
         let probes = Probes {
             ready: Arc::new(|| Ok(())),

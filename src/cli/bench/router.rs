@@ -155,6 +155,7 @@ pub fn run(args: RouterBenchArgs) -> Result<(), Failure> {
             acl: Acl::default(),
             heartbeat: Duration::from_secs(15),
             max_payload: 1 << 20,
+            streams: Default::default(),
         };
         let srv = server::start_events(
             listener,

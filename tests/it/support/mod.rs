@@ -99,6 +99,7 @@ impl EventsServer {
             acl: Acl::default(),
             heartbeat: opts.heartbeat,
             max_payload: opts.max_payload,
+            streams: Default::default(),
         };
         let probes = Probes {
             ready: Arc::new(|| Ok(())),
