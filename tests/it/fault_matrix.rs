@@ -407,3 +407,64 @@ async fn faults_nats_outage_a_refused_run_never_runs_and_a_retry_runs_once() {
         "executed exactly once (first answered {status})"
     );
 }
+
+/// Input sent right after `run -d -i`, before any worker has taken the
+/// run (here the worker is SIGSTOPped for two seconds), is held by the
+/// provider and delivered once the run starts: `bus containers input`
+/// waits and succeeds instead of being refused "has not started yet", and
+/// the run reads exactly what was sent.
+#[actix_rt::test]
+async fn input_sent_before_the_run_starts_is_delivered() {
+    let Some(s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    let cli = |args: &[&str]| {
+        let mut c = crate::support::bus();
+        c.env("BUS_AI_API_URL", s.api_url())
+            .env("BUS_API_TOKEN", &s.token)
+            .env("NO_COLOR", "1")
+            .arg("containers")
+            .args(args);
+        c
+    };
+    s.stop(Part::Worker);
+    let out = cli(&[
+        "run",
+        "-d",
+        "-i",
+        "--format",
+        "text",
+        "--profile",
+        "codex",
+        "--",
+        "sh",
+        "-c",
+        "read line; echo got:$line",
+    ])
+    .output()
+    .unwrap();
+    let run_id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success() && !run_id.is_empty(), "{out:?}");
+    let input = cli(&["input", &run_id, "hello\n", "--eof"])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    actix_rt::time::sleep(Duration::from_secs(2)).await;
+    s.cont(Part::Worker);
+    let input = actix_rt::task::spawn_blocking(move || input.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    eprintln!(
+        "fault matrix: input sent before the run started → exit {:?} after {:?}",
+        input.status.code(),
+        started.elapsed()
+    );
+    assert!(input.status.success(), "{input:?}");
+    let waited = cli(&["--format", "json", "wait", &run_id])
+        .output()
+        .unwrap();
+    let result: Value =
+        serde_json::from_slice(&waited.stdout).unwrap_or_else(|e| panic!("{e}: {waited:?}"));
+    assert_eq!(result["state"], "succeeded", "{result}");
+    assert_eq!(result["stdout"], "got:hello\n", "{result}");
+}

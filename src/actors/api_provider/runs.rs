@@ -186,6 +186,9 @@ impl Handler<DeleteRun> for ApiProvider {
     }
 }
 
+/// How long input sent before its run was taken waits for a worker.
+const EARLY_INPUT_WAIT: Duration = Duration::from_secs(30);
+
 impl Handler<SendInput> for ApiProvider {
     type Result = ResponseActFuture<Self, Result<InputAccepted, ProviderError>>;
 
@@ -194,6 +197,13 @@ impl Handler<SendInput> for ApiProvider {
         let (seat, timeout) = (self.backend.input.clone(), self.config.default_timeout);
         Box::pin(owned.into_actor(self).then(move |record, act, _| {
             let worker = record.as_ref().ok().and_then(|r| act.worker_of(r));
+            // Sent before a worker took the run (`run -d -i`): held here
+            // until one does, then delivered (the session holds it until
+            // its container runs).
+            let taken = match (&record, &worker) {
+                (Ok(r), None) if r.state == RunState::Running => act.await_taken(&msg.run_id),
+                _ => None,
+            };
             async move {
                 let record = record?;
                 if record.state != RunState::Running {
@@ -202,11 +212,35 @@ impl Handler<SendInput> for ApiProvider {
                         msg.run_id, record.state
                     )));
                 }
-                let Some(worker) = worker else {
-                    return Err(ProviderError::Unavailable {
-                        message: format!("run {} has not started yet", msg.run_id),
-                        retry_after: Some(1),
-                    });
+                let worker = match (worker, taken) {
+                    (Some(w), _) => w,
+                    (None, Some(taken)) => {
+                        match tokio::time::timeout(EARLY_INPUT_WAIT, taken).await {
+                            Ok(Ok(w)) => w,
+                            Ok(Err(_)) => {
+                                return Err(ProviderError::Conflict(format!(
+                                    "run {} ended before it started",
+                                    msg.run_id
+                                )))
+                            }
+                            Err(_) => {
+                                return Err(ProviderError::Unavailable {
+                                    message: format!(
+                                        "run {} has not started within {}s",
+                                        msg.run_id,
+                                        EARLY_INPUT_WAIT.as_secs()
+                                    ),
+                                    retry_after: Some(1),
+                                })
+                            }
+                        }
+                    }
+                    (None, None) => {
+                        return Err(ProviderError::Unavailable {
+                            message: format!("run {} has not started yet", msg.run_id),
+                            retry_after: Some(1),
+                        })
+                    }
                 };
                 let input = InputRequest {
                     run_id: msg.run_id,

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
+/// Inputs held for a run no worker has taken yet; more are `503`.
+pub(super) const MAX_EARLY_INPUTS: usize = 64;
+
 /// One run in flight here.
 pub(super) struct LiveRun {
     pub owner: String,
@@ -40,6 +43,8 @@ pub(super) struct LiveRun {
     bytes: [usize; 2],
     followers: Vec<mpsc::Sender<LogItem>>,
     waiters: Vec<oneshot::Sender<Reply<RunResult>>>,
+    /// Input sent before a worker took it: told the worker once one does.
+    taken_waiters: Vec<oneshot::Sender<String>>,
 }
 
 impl LiveRun {
@@ -62,6 +67,7 @@ impl LiveRun {
             bytes: [0, 0],
             followers: Vec::new(),
             waiters: Vec::new(),
+            taken_waiters: Vec::new(),
         }
     }
 
@@ -71,6 +77,9 @@ impl LiveRun {
             self.accepted_at = Some(Instant::now());
         }
         self.worker_id = Some(worker_id.to_owned());
+        for w in self.taken_waiters.drain(..) {
+            let _ = w.send(worker_id.to_owned());
+        }
     }
 
     /// Whether `len` more bytes of `stream` are kept (under the cap).
@@ -134,6 +143,22 @@ impl ApiProvider {
         let run = self.runs.get_mut(run_id)?;
         let (tx, rx) = oneshot::channel();
         run.waiters.push(tx);
+        Some(rx)
+    }
+
+    /// Waits for a live run's worker (input sent before it started):
+    /// `None` when the run is not live here or [`MAX_EARLY_INPUTS`] wait
+    /// already. The sender is dropped when the run ends unstarted.
+    pub(super) fn await_taken(&mut self, run_id: &str) -> Option<oneshot::Receiver<String>> {
+        let run = self.runs.get_mut(run_id)?;
+        let (tx, rx) = oneshot::channel();
+        match &run.worker_id {
+            Some(w) => {
+                let _ = tx.send(w.clone());
+            }
+            None if run.taken_waiters.len() >= MAX_EARLY_INPUTS => return None,
+            None => run.taken_waiters.push(tx),
+        }
         Some(rx)
     }
 
