@@ -118,6 +118,7 @@ pub fn start_containers(
             .configure(|cfg| probes::configure(cfg, probes))
             .default_service(web::to(no_route))
     })
+    .on_connect(super::peer::remember)
     .workers(workers.max(1))
     .tcp_nodelay(true)
     .shutdown_timeout(10)

@@ -151,6 +151,8 @@ impl ApiProvider {
     /// already. The sender is dropped when the run ends unstarted.
     pub(super) fn await_taken(&mut self, run_id: &str) -> Option<oneshot::Receiver<String>> {
         let run = self.runs.get_mut(run_id)?;
+        // Those that stopped waiting (timed out, client gone) do not count.
+        run.taken_waiters.retain(|w| !w.is_closed());
         let (tx, rx) = oneshot::channel();
         match &run.worker_id {
             Some(w) => {

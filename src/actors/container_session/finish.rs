@@ -138,7 +138,7 @@ impl ContainerSession {
         Some(RuntimeError::NotRunnable { code, reason })
     }
 
-    fn result(&self, ending: &Ending, ended: Instant, finished_at: String) -> RunResult {
+    pub(super) fn result(&self, ending: &Ending, ended: Instant, finished_at: String) -> RunResult {
         let (t0, started_at) = self.started.clone().unwrap_or((ended, finished_at.clone()));
         let signal = if self.kill.is_some() {
             Some("SIGKILL")

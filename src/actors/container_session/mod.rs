@@ -166,6 +166,10 @@ pub struct ContainerSession {
     sandbox: Option<SandboxSeat>,
     /// Secret values kept out of live output events.
     live: LiveRedactor,
+    /// Its image was pulled on demand (once at most).
+    pulled: bool,
+    /// The pull is under way: the container does not exist yet.
+    pulling: bool,
 }
 
 impl ContainerSession {
@@ -189,6 +193,8 @@ impl ContainerSession {
             dropped_events: 0,
             sandbox: None,
             live: LiveRedactor::default(),
+            pulled: false,
+            pulling: false,
         }
     }
 
@@ -284,6 +290,12 @@ impl Handler<WriteInput> for ContainerSession {
         }
         if self.exited() {
             return refuse("the run has already ended");
+        }
+        if self.pulling {
+            return AtomicResponse::new(Box::pin(fut::ready(Err(ErrorDetail::new(
+                ErrorType::Unavailable,
+                "the run's image is being pulled; send the input again in a moment",
+            )))));
         }
         let Some(mut input) = self.input.take() else {
             return refuse("the run's stdin is already closed");

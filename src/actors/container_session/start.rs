@@ -47,19 +47,11 @@ impl ContainerSession {
     fn create_and_start(&mut self, files: Vec<FileSpec>, ctx: &mut Context<Self>) {
         let runtime = self.cx.runtime.clone();
         let spec = self.plan.spec.clone();
+        let files_again = files.clone();
         // Until the container runs, other messages (cancel, input) wait.
         ctx.wait(
             async move {
-                let id = match runtime.create(&spec).await {
-                    // Not on this engine: pulled on demand, then created.
-                    Err(RuntimeError::ImageMissing(_)) => {
-                        pull(runtime.as_ref(), &spec.image)
-                            .await
-                            .map_err(|e| (None, e))?;
-                        runtime.create(&spec).await.map_err(|e| (None, e))?
-                    }
-                    other => other.map_err(|e| (None, e))?,
-                };
+                let id = runtime.create(&spec).await.map_err(|e| (None, e))?;
                 if !files.is_empty() {
                     if let Err(e) = runtime.upload(&id, &files).await {
                         return Err((Some(id), e));
@@ -80,11 +72,45 @@ impl ContainerSession {
                     act.container_id = Some(id.clone());
                     act.on_started(id, attached, ctx);
                 }
+                // Not on this engine: pulled on demand (once), then created.
+                Err((None, RuntimeError::ImageMissing(_))) if !act.pulled => {
+                    act.pull_then_start(files_again, ctx)
+                }
                 Err((id, e)) => {
                     act.container_id = id;
                     act.fail(e, ctx);
                 }
             }),
+        );
+    }
+
+    /// Pulls the run's image without blocking the session (a cancel is
+    /// heard meanwhile; input is answered "retry"), then starts it —
+    /// unless it was cancelled, which ends it with no container made.
+    fn pull_then_start(&mut self, files: Vec<FileSpec>, ctx: &mut Context<Self>) {
+        self.pulled = true;
+        self.pulling = true;
+        let runtime = self.cx.runtime.clone();
+        let image = self.plan.spec.image.clone();
+        ctx.spawn(
+            async move { pull(runtime.as_ref(), &image).await }
+                .into_actor(self)
+                .map(move |pulled, act, ctx| {
+                    act.pulling = false;
+                    if act.kill == Some(Kill::Cancel) {
+                        tracing::info!(run_id = %act.plan.run_id, "run cancelled while its image was pulled; not started");
+                        let ending = crate::planning::outcome::Ending {
+                            cancelled: true,
+                            ..Default::default()
+                        };
+                        let result = act.result(&ending, Instant::now(), now_rfc3339());
+                        return act.finish_with(crate::contract::Reply::Ok(result), ctx);
+                    }
+                    match pulled {
+                        Ok(()) => act.create_and_start(files, ctx),
+                        Err(e) => act.fail(e, ctx),
+                    }
+                }),
         );
     }
 
