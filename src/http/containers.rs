@@ -274,14 +274,7 @@ async fn logs(req: HttpRequest, api: web::Data<ContainersApi>) -> Result<HttpRes
         }
     };
     // A follow (and its slot) ends the moment its client goes.
-    let departed = req.conn_data::<super::peer::PeerFd>().copied();
-    let departed = async move {
-        match departed {
-            Some(fd) => super::peer::gone(fd).await,
-            None => std::future::pending().await,
-        }
-    };
-    let lines = lines.take_until(departed).boxed_local();
+    let lines = lines.take_until(super::peer::departure(&req)).boxed_local();
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header(("Cache-Control", "no-cache"))

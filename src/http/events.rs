@@ -4,7 +4,7 @@
 use super::body::{parse_json, query_bool, query_map, read_limited};
 use super::idempotency::RecentPublishes;
 use super::ndjson::with_heartbeats;
-use super::peer::{gone, PeerFd};
+use super::peer::departure;
 use super::ApiError;
 use crate::auth::{Acl, Identity, Verifier};
 use crate::broker::{Delivery, SharedBroker, SubscribeSpec};
@@ -126,13 +126,7 @@ async fn stream(req: HttpRequest, api: web::Data<EventsApi>) -> Result<HttpRespo
     let slot = api.streams.take(&who.sub)?;
     let events = api.broker.subscribe(spec).await?;
     // The stream (and its subscription) ends the moment its client goes.
-    let departed = req.conn_data::<PeerFd>().copied();
-    let departed = async move {
-        match departed {
-            Some(fd) => gone(fd).await,
-            None => std::future::pending().await,
-        }
-    };
+    let departed = departure(&req);
     let lines = events
         .take_until(departed)
         .take_while(|item| {

@@ -24,6 +24,18 @@ pub fn remember(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) 
     }
 }
 
+/// Resolves when the client of `req` has gone (never, on a connection
+/// [`remember`] did not see): what a stream ends with.
+pub fn departure(req: &actix_web::HttpRequest) -> impl std::future::Future<Output = ()> + 'static {
+    let fd = req.conn_data::<PeerFd>().copied();
+    async move {
+        match fd {
+            Some(fd) => gone(fd).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Resolves when the peer of `fd` has closed or reset the connection
 /// (never, if the socket cannot be watched). Call it while the
 /// connection is open (in its request's handler).
