@@ -220,11 +220,24 @@ async fn allowlist_for_connect_and_plain_http_with_a_decision_log() {
     .await;
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
 
-    let log = proxy.decisions();
-    let find = |method: &str, decision: &str, port: u16| {
+    // The proxy's lines reach us through a reader thread (a tunnel's
+    // decision is printed when it closes): wait for all four, then check.
+    let find = |log: &[Value], method: &str, decision: &str, port: u16| {
         log.iter()
             .any(|d| d["method"] == method && d["decision"] == decision && d["port"] == port)
     };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut log = proxy.decisions();
+    while !(find(&log, "GET", "allow", up.port)
+        && find(&log, "GET", "deny", up.port.wrapping_add(1).max(1))
+        && find(&log, "CONNECT", "deny", 443)
+        && find(&log, "CONNECT", "allow", up.port))
+        && std::time::Instant::now() < deadline
+    {
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        log = proxy.decisions();
+    }
+    let find = |method: &str, decision: &str, port: u16| find(&log, method, decision, port);
     assert!(find("GET", "allow", up.port), "{log:?}");
     assert!(
         find("GET", "deny", up.port.wrapping_add(1).max(1)),
