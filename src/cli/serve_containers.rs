@@ -259,7 +259,23 @@ pub async fn start(
     };
     let usage = match (opts.usage_backend, &requester) {
         (UsageBackend::Events, Some(r)) => {
-            Usage::events(r.clone(), pmetrics.usage_failures.clone())
+            let usage = Usage::events(r.clone(), pmetrics.usage_failures.clone(), store.clone());
+            // The ledger is the usage outbox: what the last process of
+            // this instance never got out goes now.
+            let unsent = store
+                .usage_unsent(&instance_id)
+                .await
+                .map_err(|e| Failure::error(e.to_string()))?;
+            if !unsent.is_empty() {
+                tracing::warn!(
+                    runs = unsent.len(),
+                    "usage records the last process did not get out are sent again"
+                );
+            }
+            for record in &unsent {
+                usage.resend(record, &pmetrics.usage_failures);
+            }
+            usage
         }
         (UsageBackend::Memory, _) => Usage::Memory(Default::default()),
         _ => Usage::None,

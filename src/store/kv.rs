@@ -8,7 +8,7 @@
 //! 1 MB message limit bounds a record, so raise `max_payload` on the
 //! server when runs keep large outputs.
 
-use super::{Page, Retention, RunRecord, RunStore, StoreError};
+use super::{Page, Retention, RunRecord, RunStore, StoreError, USAGE_SETTLED};
 use crate::contract::now_rfc3339;
 use crate::contract::RunState;
 use async_nats::jetstream::kv;
@@ -240,6 +240,40 @@ impl RunStore for KvStore {
                 .await?
                 .into_iter()
                 .filter(|r| r.instance_id == instance && r.state == RunState::Running)
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn usage_sent(&self, run_id: &str, bit: u8) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (this, run_id) = (self.clone(), run_id.to_owned());
+        async move {
+            this.modify(&run_id, |r| {
+                let before = r.usage_sent;
+                r.usage_sent |= bit;
+                r.usage_sent != before
+            })
+            .await
+            .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn usage_unsent(
+        &self,
+        instance_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<RunRecord>, StoreError>> {
+        let (this, instance) = (self.clone(), instance_id.to_owned());
+        async move {
+            Ok(this
+                .all()
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    r.instance_id == instance
+                        && r.state != RunState::Running
+                        && r.usage_sent != USAGE_SETTLED
+                })
                 .collect())
         }
         .boxed()

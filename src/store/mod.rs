@@ -29,6 +29,23 @@ pub struct RunRecord {
     pub finished_at: Option<String>,
     /// The run result (or `{"error":{...}}`) once finished.
     pub result: Option<Value>,
+    /// Which of the run's usage records the bus has taken
+    /// ([`USAGE_REQUESTED`], [`USAGE_ENDED`]): the ledger is the usage
+    /// outbox, so a provider killed before its usage went out sends it
+    /// again at start-up. Records from before this field count as sent.
+    #[serde(default = "usage_settled")]
+    pub usage_sent: u8,
+}
+
+/// `container_run_requested` was published.
+pub const USAGE_REQUESTED: u8 = 1;
+/// The run's end record (`container_run_finished`/`_failed`) was published.
+pub const USAGE_ENDED: u8 = 2;
+/// Every usage record of a run was published.
+pub const USAGE_SETTLED: u8 = USAGE_REQUESTED | USAGE_ENDED;
+
+fn usage_settled() -> u8 {
+    USAGE_SETTLED
 }
 
 /// Why a ledger call failed.
@@ -85,6 +102,15 @@ pub trait RunStore: Send + Sync + 'static {
     /// This instance's `running` records (start-up: each is asked of its
     /// worker).
     fn running(&self, instance_id: &str) -> BoxFuture<'static, Result<Vec<RunRecord>, StoreError>>;
+    /// Notes that the bus took one of the run's usage records (`bit`:
+    /// [`USAGE_REQUESTED`] or [`USAGE_ENDED`]); no record is no error.
+    fn usage_sent(&self, run_id: &str, bit: u8) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// This instance's finished records whose usage the bus has not all
+    /// taken (start-up: sent again).
+    fn usage_unsent(
+        &self,
+        instance_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<RunRecord>, StoreError>>;
     /// A write that proves the ledger can record (readiness).
     fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>>;
     /// Removes finished records past the retention; returns how many.

@@ -34,12 +34,30 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at TEXT NOT NULL,
     created_unix INTEGER NOT NULL,
     finished_at TEXT,
-    result TEXT
+    result TEXT,
+    usage_sent INTEGER NOT NULL DEFAULT 3
 );
 CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, run_id);
 CREATE INDEX IF NOT EXISTS runs_instance ON runs (instance_id, state);
 CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL);
 ";
+
+/// Brings a ledger file from before the usage outbox up to date (its
+/// records count as sent), then indexes the records whose usage is not.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_usage: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'usage_sent'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(err)?;
+    if !has_usage {
+        conn.execute_batch("ALTER TABLE runs ADD COLUMN usage_sent INTEGER NOT NULL DEFAULT 3;")
+            .map_err(err)?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS runs_usage_unsent ON runs (instance_id) WHERE usage_sent <> 3;",
+    )
+    .map_err(err)
+}
 
 impl SqliteStore {
     /// Opens (creating) the ledger file; its directory is created with
@@ -61,6 +79,7 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -70,6 +89,7 @@ impl SqliteStore {
     pub fn memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        migrate(&conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -108,6 +128,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         created_at: row.get("created_at")?,
         finished_at: row.get("finished_at")?,
         result: result.and_then(|r| serde_json::from_str(&r).ok()),
+        usage_sent: row.get::<_, i64>("usage_sent")? as u8,
     })
 }
 
@@ -122,8 +143,8 @@ impl RunStore for SqliteStore {
     fn insert(&self, r: RunRecord) -> BoxFuture<'static, Result<(), StoreError>> {
         self.call(move |c| {
             c.execute(
-                "INSERT INTO runs (run_id, owner, state, instance_id, worker_id, profile, image, args, created_at, created_unix, finished_at, result)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO runs (run_id, owner, state, instance_id, worker_id, profile, image, args, created_at, created_unix, finished_at, result, usage_sent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     r.run_id,
                     r.owner_account_id,
@@ -137,6 +158,7 @@ impl RunStore for SqliteStore {
                     unix_now(),
                     r.finished_at,
                     r.result.map(|v| v.to_string()),
+                    i64::from(r.usage_sent),
                 ],
             )
             .map(|_| ())
@@ -264,6 +286,37 @@ impl RunStore for SqliteStore {
         })
     }
 
+    fn usage_sent(&self, run_id: &str, bit: u8) -> BoxFuture<'static, Result<(), StoreError>> {
+        let run_id = run_id.to_owned();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE runs SET usage_sent = usage_sent | ?2 WHERE run_id = ?1",
+                params![run_id, i64::from(bit)],
+            )
+            .map(|_| ())
+            .map_err(err)
+        })
+    }
+
+    fn usage_unsent(
+        &self,
+        instance_id: &str,
+    ) -> BoxFuture<'static, Result<Vec<RunRecord>, StoreError>> {
+        let instance_id = instance_id.to_owned();
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT * FROM runs WHERE instance_id = ?1 AND usage_sent <> 3
+                     AND state <> 'running' ORDER BY run_id",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map(params![instance_id], row_to_record)
+                .map_err(err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(err)
+        })
+    }
+
     fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>> {
         self.call(|c| {
             c.execute(
@@ -299,6 +352,7 @@ impl RunStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{USAGE_ENDED, USAGE_REQUESTED};
     use serde_json::json;
 
     fn record(id: &str, owner: &str, instance: &str) -> RunRecord {
@@ -314,6 +368,7 @@ mod tests {
             created_at: now_rfc3339(),
             finished_at: None,
             result: None,
+            usage_sent: 0,
         }
     }
 
@@ -391,5 +446,51 @@ mod tests {
             again.get("run_9").await.unwrap().is_some(),
             "running records are kept"
         );
+    }
+
+    #[actix_rt::test]
+    async fn the_ledger_is_the_usage_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.sqlite");
+        // A ledger from before the outbox: its records count as sent.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE runs (run_id TEXT PRIMARY KEY, owner TEXT NOT NULL, state TEXT NOT NULL,
+                 instance_id TEXT NOT NULL, worker_id TEXT, profile TEXT, image TEXT, args TEXT NOT NULL,
+                 created_at TEXT NOT NULL, created_unix INTEGER NOT NULL, finished_at TEXT, result TEXT);
+                 INSERT INTO runs VALUES ('run_old', 'o', 'succeeded', 'i', NULL, NULL, NULL, '[]', 't', 0, 't', '{}');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.get("run_old").await.unwrap().unwrap().usage_sent, 3);
+        assert!(s.usage_unsent("i").await.unwrap().is_empty());
+
+        s.insert(record("run_a", "o", "i")).await.unwrap();
+        s.insert(record("run_b", "o", "i")).await.unwrap();
+        s.insert(record("run_c", "o", "other")).await.unwrap();
+        s.usage_sent("run_a", USAGE_REQUESTED).await.unwrap();
+        // Running records are not the outbox's (adoption resends them).
+        assert!(s.usage_unsent("i").await.unwrap().is_empty());
+        for id in ["run_a", "run_b", "run_c"] {
+            s.complete(id, RunState::Succeeded, json!({"state": "succeeded"}))
+                .await
+                .unwrap();
+        }
+        let unsent: Vec<(String, u8)> = s
+            .usage_unsent("i")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.run_id, r.usage_sent))
+            .collect();
+        assert_eq!(unsent, [("run_a".into(), 1), ("run_b".into(), 0)]);
+        s.usage_sent("run_a", USAGE_ENDED).await.unwrap();
+        s.usage_sent("run_b", USAGE_REQUESTED).await.unwrap();
+        s.usage_sent("run_b", USAGE_ENDED).await.unwrap();
+        s.usage_sent("run_gone", USAGE_ENDED).await.unwrap();
+        assert!(s.usage_unsent("i").await.unwrap().is_empty());
+        assert_eq!(s.usage_unsent("other").await.unwrap().len(), 1);
     }
 }

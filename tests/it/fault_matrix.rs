@@ -468,3 +468,120 @@ async fn input_sent_before_the_run_starts_is_delivered() {
     assert_eq!(result["state"], "succeeded", "{result}");
     assert_eq!(result["stdout"], "got:hello\n", "{result}");
 }
+
+/// The ledger's usage mark of a run (`usage_sent`: 1 requested, 2 end).
+fn usage_mark(s: &Stack, run_id: &str) -> i64 {
+    let db = rusqlite::Connection::open(s.data_dir.join("runs.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.query_row(
+        "SELECT usage_sent FROM runs WHERE run_id = ?1",
+        [run_id],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// How many copies of a run's usage records the listener heard, by type.
+fn copies(s: &Stack, run_id: &str, event_type: &str) -> usize {
+    s.usage
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|u| u["data"]["run_id"] == run_id && u["event_type"] == event_type)
+        .count()
+}
+
+#[actix_rt::test]
+async fn faults_usage_a_killed_provider_did_not_get_out_is_sent_at_its_restart() {
+    let Some(mut s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    let body = r#"{"profile":"codex","args":["sh","-c","echo billed"],"timeout_seconds":30}"#;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, v, _) = s.run(body).await;
+        assert_eq!(
+            (status, &v["state"]),
+            (200, &Value::from("succeeded")),
+            "{v}"
+        );
+        ids.push(id(&v));
+    }
+    // The ledger marks each record once the bus has taken it.
+    for run_id in &ids {
+        let usage = s.usage_settled(run_id, 20).await;
+        assert_eq!(usage.len(), 2, "{usage:?}");
+        let until = Instant::now() + Duration::from_secs(10);
+        while usage_mark(&s, run_id) != 3 && Instant::now() < until {
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            usage_mark(&s, run_id),
+            3,
+            "{run_id}: both records marked sent"
+        );
+    }
+    // SIGKILLed with usage still in its queue: what a kill between a
+    // run's ledger write and its usage publish leaves on disk — the
+    // first run's end not out, the second's records none of them.
+    s.kill(Part::Api);
+    {
+        let db = rusqlite::Connection::open(s.data_dir.join("runs.sqlite")).unwrap();
+        db.execute(
+            "UPDATE runs SET usage_sent = 1 WHERE run_id = ?1",
+            [&ids[0]],
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE runs SET usage_sent = 0 WHERE run_id = ?1",
+            [&ids[1]],
+        )
+        .unwrap();
+    }
+    let before: Vec<(usize, usize)> = ids
+        .iter()
+        .map(|r| {
+            (
+                copies(&s, r, "container_run_requested"),
+                copies(&s, r, "container_run_finished"),
+            )
+        })
+        .collect();
+    let t0 = Instant::now();
+    s.restart(Part::Api);
+    let until = Instant::now() + Duration::from_secs(30);
+    while (usage_mark(&s, &ids[0]) != 3 || usage_mark(&s, &ids[1]) != 3) && Instant::now() < until {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let want = vec![
+        (before[0].0, before[0].1 + 1),
+        (before[1].0 + 1, before[1].1 + 1),
+    ];
+    let heard = |s: &Stack| -> Vec<(usize, usize)> {
+        ids.iter()
+            .map(|r| {
+                (
+                    copies(s, r, "container_run_requested"),
+                    copies(s, r, "container_run_finished"),
+                )
+            })
+            .collect()
+    };
+    while heard(&s) != want && Instant::now() < until {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = heard(&s);
+    eprintln!(
+        "fault matrix: usage not got out by a killed provider → sent again {:?} after its restart (copies heard {before:?} → {after:?})",
+        t0.elapsed()
+    );
+    assert_eq!(after[0], want[0], "only the missing end again");
+    assert_eq!(after[1], want[1], "both again");
+    for run_id in &ids {
+        assert_eq!(usage_mark(&s, run_id), 3);
+        // Counted as a consumer counts (once per event_id), usage and
+        // ledger still agree.
+        let record = s.record(run_id).await;
+        agree(&record["result"], &record, &s.usage_of(run_id));
+    }
+}

@@ -297,6 +297,7 @@ async fn two_providers_share_one_ledger_on_nats_kv() {
         created_at: bus_containers::contract::now_rfc3339(),
         finished_at: None,
         result: None,
+        usage_sent: 0,
     };
     store.insert(record("run_x1", "a")).await.unwrap();
     store.insert(record("run_x2", "b")).await.unwrap();

@@ -39,15 +39,10 @@ impl Handler<Adopt> for ApiProvider {
             self.metrics.in_flight.inc();
             self.status_cache.forget(&r.owner_account_id);
             // Its `container_run_requested` may have been in the usage
-            // queue the last process lost: sent again (its event_id is
-            // stable, so a consumer that had it counts it once).
-            self.usage.requested(
-                &r.run_id,
-                &r.owner_account_id,
-                r.profile.clone(),
-                r.image.clone(),
-                &self.metrics.usage_failures,
-            );
+            // queue the last process lost: sent again unless the ledger
+            // says the bus took it (its event_id is stable, so a
+            // consumer that had it counts it once).
+            self.usage.resend(&r, &self.metrics.usage_failures);
             self.runs.insert(r.run_id, run);
         }
         n

@@ -43,6 +43,7 @@ impl Handler<CreateRun> for ApiProvider {
                         created_at: now_rfc3339(),
                         finished_at: None,
                         result: None,
+                        usage_sent: 0,
                     });
                     let store = act.store.clone();
                     async move {

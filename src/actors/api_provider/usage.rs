@@ -9,9 +9,16 @@
 //! none; the queue holds 10,000 records (a record that finds it full is
 //! dropped and counted). `event_id` is stable per run and type, so a
 //! retried record is not counted twice.
+//!
+//! The ledger is the outbox: each record a run gets is marked in its
+//! ledger record once the bus has taken it, and at start-up a provider
+//! sends again whatever the last process of its instance had not got out
+//! ([`Usage::resend`]) — a SIGKILL between a run's end and its usage
+//! loses no usage.
 
 use crate::actors::bus::requester::Requester;
 use crate::contract::{encode, now_rfc3339, ErrorDetail, Publication, Reply, RunResult, RunState};
+use crate::store::{RunRecord, SharedStore, USAGE_ENDED, USAGE_REQUESTED};
 use prometheus::IntCounter;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -60,6 +67,19 @@ pub struct UsageRecord {
     pub account_id: String,
     pub occurred_at: String,
     pub data: UsageData,
+    /// Its mark in the ledger once published.
+    #[serde(skip)]
+    pub outbox_bit: u8,
+}
+
+impl UsageData {
+    fn run_id(&self) -> &str {
+        match self {
+            UsageData::Requested { run_id, .. }
+            | UsageData::Finished { run_id, .. }
+            | UsageData::Failed { run_id, .. } => run_id,
+        }
+    }
 }
 
 /// Where usage records go.
@@ -73,8 +93,9 @@ pub enum Usage {
 }
 
 impl Usage {
-    /// Starts the publishing task on the current arbiter.
-    pub fn events(requester: Requester, failures: IntCounter) -> Self {
+    /// Starts the publishing task on the current arbiter; each record the
+    /// bus takes (or refuses for good) is marked in `ledger`.
+    pub fn events(requester: Requester, failures: IntCounter, ledger: SharedStore) -> Self {
         let (tx, mut rx) = mpsc::channel::<UsageRecord>(10_000);
         actix_rt::spawn(async move {
             while let Some(record) = rx.recv().await {
@@ -98,6 +119,12 @@ impl Usage {
                         }
                     }
                 }
+                let run_id = record.data.run_id();
+                if let Err(e) = ledger.usage_sent(run_id, record.outbox_bit).await {
+                    // Unmarked, it is sent again at the next start-up
+                    // (and counted once, by its event_id).
+                    tracing::warn!(error = %e, run_id, "usage record not marked sent in the ledger");
+                }
             }
         });
         Usage::Events(tx)
@@ -110,10 +137,11 @@ impl Usage {
         data: UsageData,
         failures: &IntCounter,
     ) {
-        let run_id = match &data {
-            UsageData::Requested { run_id, .. }
-            | UsageData::Finished { run_id, .. }
-            | UsageData::Failed { run_id, .. } => run_id.clone(),
+        let run_id = data.run_id().to_owned();
+        let outbox_bit = if matches!(data, UsageData::Requested { .. }) {
+            USAGE_REQUESTED
+        } else {
+            USAGE_ENDED
         };
         let record = UsageRecord {
             event_type,
@@ -121,6 +149,7 @@ impl Usage {
             account_id: account.to_owned(),
             occurred_at: now_rfc3339(),
             data,
+            outbox_bit,
         };
         match self {
             Usage::None => {}
@@ -190,5 +219,33 @@ impl Usage {
                 self.record("container_run_failed", account, data, failures);
             }
         }
+    }
+
+    /// Sends again what the ledger says the bus never took of a record's
+    /// usage (start-up): `requested` first, then the end of a finished run.
+    pub fn resend(&self, r: &RunRecord, failures: &IntCounter) {
+        if r.usage_sent & USAGE_REQUESTED == 0 {
+            self.requested(
+                &r.run_id,
+                &r.owner_account_id,
+                r.profile.clone(),
+                r.image.clone(),
+                failures,
+            );
+        }
+        if r.state == RunState::Running || r.usage_sent & USAGE_ENDED != 0 {
+            return;
+        }
+        let reply = r
+            .result
+            .as_ref()
+            .and_then(|v| Reply::<RunResult>::decode(v).ok())
+            .unwrap_or_else(|| {
+                Reply::error(
+                    crate::contract::ErrorType::Unavailable,
+                    "the run's result was not kept",
+                )
+            });
+        self.ended(&r.run_id, &r.owner_account_id, r.state, &reply, failures);
     }
 }
