@@ -9,6 +9,7 @@
 //! These are the contract other BusDK programs speak: input is lenient
 //! where the spec says so, output exact.
 
+pub mod bytes;
 mod envelope;
 mod error;
 pub mod events;
@@ -21,6 +22,7 @@ mod run_state;
 pub mod static_answers;
 pub mod wire;
 
+pub use bytes::OutputEncoding;
 pub use envelope::*;
 pub use error::*;
 pub use events::{

@@ -156,8 +156,34 @@ pub struct InputRequest {
     pub worker_id: Option<String>,
     #[serde(default)]
     pub data: Option<String>,
+    /// Ours: base64 of raw bytes, instead of `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
     #[serde(default, deserialize_with = "super::lenient::null_default")]
     pub eof: bool,
+}
+
+impl InputRequest {
+    /// The bytes to write (`data` or `data_base64`).
+    pub fn bytes(&self) -> Result<Vec<u8>, ErrorDetail> {
+        super::bytes::one_of(
+            self.data.as_deref(),
+            self.data_base64.as_deref(),
+            ("data", "data_base64"),
+        )
+        .map(Option::unwrap_or_default)
+    }
+
+    /// Carries `bytes` as text when they are UTF-8 (what every worker
+    /// reads), else as base64.
+    pub fn with_bytes(mut self, bytes: Option<Vec<u8>>) -> Self {
+        match bytes.map(String::from_utf8) {
+            Some(Ok(text)) => self.data = Some(text),
+            Some(Err(e)) => self.data_base64 = Some(super::bytes::base64_encode(e.as_bytes())),
+            None => {}
+        }
+        self
+    }
 }
 
 /// `input.response`.

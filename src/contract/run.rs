@@ -6,6 +6,7 @@
 //! of the rules every such request must meet (the worker's planning adds
 //! what only a worker knows: profiles, allowed images, limits).
 
+use super::bytes::{one_of, OutputEncoding};
 use super::{ErrorDetail, ErrorType, RunState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +38,17 @@ pub struct RunSpec {
     /// Fed to the command's stdin, then closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Ours: like `stdin`, base64 of raw bytes (one of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_base64: Option<String>,
+    /// Ours: how `stdout`/`stderr` and the output chunks carry the bytes
+    /// (`utf8`, the default, or `base64`).
+    #[serde(
+        default,
+        deserialize_with = "output_encoding",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub output_encoding: Option<OutputEncoding>,
     /// Keep stdin open for input requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interactive: Option<bool>,
@@ -53,9 +65,19 @@ pub const RUN_SPEC_FIELDS: &[&str] = &[
     "timeout_seconds",
     "env",
     "stdin",
+    "stdin_base64",
+    "output_encoding",
     "interactive",
     "workdir",
 ];
+
+/// `"utf8"` or `"base64"`, said so when it is neither.
+fn output_encoding<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<OutputEncoding>, D::Error> {
+    Option::<OutputEncoding>::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("output_encoding must be \"utf8\" or \"base64\""))
+}
 
 /// An integer, also when written as `300.0` (JSON does not distinguish).
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
@@ -109,6 +131,24 @@ impl RunSpec {
         self.interactive.unwrap_or(false)
     }
 
+    /// The bytes fed to stdin (`stdin` or `stdin_base64`).
+    pub fn stdin_bytes(&self) -> Result<Option<Vec<u8>>, ErrorDetail> {
+        one_of(
+            self.stdin.as_deref(),
+            self.stdin_base64.as_deref(),
+            ("stdin", "stdin_base64"),
+        )
+    }
+
+    /// Gives stdin at all (either field).
+    pub fn has_stdin(&self) -> bool {
+        self.stdin.is_some() || self.stdin_base64.is_some()
+    }
+
+    pub fn output_encoding(&self) -> OutputEncoding {
+        self.output_encoding.unwrap_or_default()
+    }
+
     /// What every run request must meet, wherever it comes from.
     pub fn check(&self) -> Result<(), ErrorDetail> {
         let given = |s: &Option<String>| s.as_deref().is_some_and(|v| !v.trim().is_empty());
@@ -148,6 +188,7 @@ impl RunSpec {
         if self.workdir.as_deref().is_some_and(|w| !w.starts_with('/')) {
             return Err(bad("workdir must be an absolute path"));
         }
+        self.stdin_bytes()?;
         Ok(())
     }
 }
@@ -216,6 +257,15 @@ pub struct RunResult {
     pub stdout_truncated: bool,
     #[serde(default, deserialize_with = "super::lenient::null_default")]
     pub stderr_truncated: bool,
+    /// Ours: `base64` when `stdout`/`stderr` are base64 of the exact bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_encoding: Option<OutputEncoding>,
+    /// Ours: bytes of `stdout` that were not UTF-8 were replaced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdout_lossy: bool,
+    /// Ours: likewise for `stderr`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_lossy: bool,
     #[serde(default, deserialize_with = "super::lenient::null_default")]
     pub duration_ms: u64,
     #[serde(default)]

@@ -46,7 +46,7 @@ pub fn input(request: &InputRequest) -> InputAccepted {
     InputAccepted {
         accepted: true,
         run_id: request.run_id.clone(),
-        bytes: request.data.as_deref().map(str::len).unwrap_or(0),
+        bytes: request.bytes().map(|b| b.len()).unwrap_or(0),
     }
 }
 

@@ -209,6 +209,19 @@ pub fn run_body(body: &[u8]) -> Result<RunBody, ApiError> {
 #[serde(deny_unknown_fields)]
 pub struct InputBody {
     pub data: Option<String>,
+    /// Base64 of raw bytes, instead of `data`.
+    pub data_base64: Option<String>,
     #[serde(default)]
     pub eof: bool,
+}
+
+impl InputBody {
+    /// The bytes to write, or why not (`400`).
+    pub fn bytes(&self) -> Result<Option<Vec<u8>>, crate::contract::ErrorDetail> {
+        crate::contract::bytes::one_of(
+            self.data.as_deref(),
+            self.data_base64.as_deref(),
+            ("data", "data_base64"),
+        )
+    }
 }

@@ -197,29 +197,32 @@ struct Streamed {
 
 impl Streamed {
     fn count(&mut self, c: &LogChunk) {
-        self.bytes[c.stream.index()] += c.data.len();
+        self.bytes[c.stream.index()] += c.output_len();
         self.next_seq = self.next_seq.max(c.seq + 1);
     }
 
-    /// The part of the result's output past what was sent.
+    /// The part of the result's output past what was sent (by bytes of
+    /// output: for a base64 run, of the decoded output).
     fn rest_of(&mut self, result: &Reply<RunResult>) -> Vec<LogChunk> {
         let Reply::Ok(r) = result else {
             return Vec::new();
         };
+        let base64 = crate::actors::api_provider::logs::base64(r);
         let mut out = Vec::new();
         for (stream, text) in [
             (crate::contract::OutputStream::Stdout, &r.stdout),
             (crate::contract::OutputStream::Stderr, &r.stderr),
         ] {
-            if let Some(rest) = text
-                .get(self.bytes[stream.index()]..)
-                .filter(|r| !r.is_empty())
-            {
-                out.push(LogChunk {
-                    seq: self.next_seq,
-                    stream,
-                    data: rest.to_owned(),
-                });
+            let sent = self.bytes[stream.index()];
+            let rest = if base64 {
+                crate::contract::bytes::base64_decode("output", text)
+                    .ok()
+                    .and_then(|b| b.get(sent..).map(crate::contract::bytes::base64_encode))
+            } else {
+                text.get(sent..).map(str::to_owned)
+            };
+            if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+                out.push(LogChunk::new(self.next_seq, stream, rest, base64));
                 self.next_seq += 1;
             }
         }
@@ -298,7 +301,7 @@ async fn input(
         .send(SendInput {
             run_id: run_id(&req),
             owner: who.sub,
-            data: body.data,
+            data: body.bytes()?,
             eof: body.eof,
         })
         .await??;
@@ -394,11 +397,7 @@ mod streamed_tests {
     use crate::contract::{OutputStream, Reply, RunResult};
 
     fn chunk(seq: u64, stream: OutputStream, data: &str) -> LogChunk {
-        LogChunk {
-            seq,
-            stream,
-            data: data.into(),
-        }
+        LogChunk::new(seq, stream, data.into(), false)
     }
 
     #[test]
@@ -425,5 +424,18 @@ mod streamed_tests {
         all.count(&chunk(0, Stdout, "hello world"));
         all.count(&chunk(1, Stderr, "oops"));
         assert!(all.rest_of(&result).is_empty());
+        // Base64 output: counted by decoded bytes, the rest re-encoded.
+        let b64 = crate::contract::bytes::base64_encode;
+        let result = Reply::Ok(RunResult {
+            stdout: b64(b"\x00\xffhello"),
+            output_encoding: Some(crate::contract::OutputEncoding::Base64),
+            ..Default::default()
+        });
+        let mut sent = Streamed::default();
+        sent.count(&LogChunk::new(0, Stdout, b64(b"\x00\xff"), true));
+        assert_eq!(
+            sent.rest_of(&result),
+            vec![LogChunk::new(1, Stdout, b64(b"hello"), true)]
+        );
     }
 }

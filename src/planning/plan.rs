@@ -32,8 +32,11 @@ pub struct RunPlan {
     /// The command as the result reports it (`args`).
     pub args: Vec<String>,
     pub timeout: Duration,
-    pub stdin: Option<String>,
+    /// Fed to stdin, then closed.
+    pub stdin: Option<Vec<u8>>,
     pub interactive: bool,
+    /// How the result and the output events carry the output.
+    pub output_encoding: crate::contract::OutputEncoding,
     pub spec: ContainerSpec,
     /// The run's own network and egress proxy (a profile with `egress`).
     pub sandbox: Option<SandboxPlan>,
@@ -193,7 +196,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         env,
         workdir,
         labels: container_labels,
-        stdin: req.spec.interactive() || req.spec.stdin.is_some(),
+        stdin: req.spec.interactive() || req.spec.has_stdin(),
         limits: sandbox.limits(),
         hardening: sandbox.hardening(),
         network: sandbox.network(),
@@ -209,7 +212,8 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         image,
         args: command,
         timeout: Duration::from_secs(timeout),
-        stdin: req.spec.stdin.clone(),
+        stdin: req.spec.stdin_bytes()?,
+        output_encoding: req.spec.output_encoding(),
         interactive: req.spec.interactive(),
         spec,
         sandbox: egress,

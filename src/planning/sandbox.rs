@@ -253,35 +253,61 @@ impl Secrets {
         }
         out
     }
+
+    /// `bytes` with every value replaced by `[redacted]` (output is bytes;
+    /// a value is matched by its UTF-8 bytes).
+    pub fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = bytes.to_vec();
+        for s in &self.0 {
+            out = replace_bytes(&out, s.as_bytes(), b"[redacted]");
+        }
+        out
+    }
+}
+
+/// `haystack` with each `needle` replaced by `with`.
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return haystack.to_vec();
+    }
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Live output redacted across chunk boundaries: the last bytes of each
 /// stream that could begin a secret wait for the stream's next chunk.
 #[derive(Debug, Default)]
 pub struct LiveRedactor {
-    held: [String; 2],
+    held: [Vec<u8>; 2],
 }
 
 impl LiveRedactor {
-    /// What of `text` (after what `stream` held) can go out now.
-    pub fn push(&mut self, secrets: &Secrets, stream: usize, text: &str) -> String {
+    /// What of `bytes` (after what `stream` held) can go out now.
+    pub fn push(&mut self, secrets: &Secrets, stream: usize, bytes: &[u8]) -> Vec<u8> {
         if secrets.is_empty() {
-            return text.to_owned();
+            return bytes.to_vec();
         }
         let mut all = std::mem::take(&mut self.held[stream]);
-        all.push_str(text);
-        let redacted = secrets.redact(&all);
-        let mut cut = redacted.len().saturating_sub(secrets.longest() - 1);
-        while !redacted.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        self.held[stream] = redacted[cut..].to_owned();
-        redacted[..cut].to_owned()
+        all.extend_from_slice(bytes);
+        let mut redacted = secrets.redact_bytes(&all);
+        let cut = redacted.len().saturating_sub(secrets.longest() - 1);
+        self.held[stream] = redacted.split_off(cut);
+        redacted
     }
 
     /// The rest of `stream`, at its end.
-    pub fn finish(&mut self, secrets: &Secrets, stream: usize) -> String {
-        secrets.redact(&std::mem::take(&mut self.held[stream]))
+    pub fn finish(&mut self, secrets: &Secrets, stream: usize) -> Vec<u8> {
+        secrets.redact_bytes(&std::mem::take(&mut self.held[stream]))
     }
 }
 
@@ -308,17 +334,22 @@ mod tests {
         let mut secrets = Secrets::default();
         secrets.add("tok-ABCDEFGH".into());
         let mut live = LiveRedactor::default();
-        let mut out = String::new();
-        for chunk in ["hello tok-AB", "CDEF", "GH bye é", "tok-ABCDEFGH"] {
+        let mut out = Vec::new();
+        for chunk in [
+            &b"hello tok-AB"[..],
+            b"CDEF",
+            b"GH bye \xc3",
+            b"\xa9\xfftok-ABCDEFGH",
+        ] {
             let part = live.push(&secrets, 0, chunk);
-            assert!(!part.contains("tok-AB"), "{part}");
-            out.push_str(&part);
+            assert!(!part.windows(6).any(|w| w == b"tok-AB"), "{part:?}");
+            out.extend_from_slice(&part);
         }
-        out.push_str(&live.finish(&secrets, 0));
-        assert_eq!(out, "hello [redacted] bye é[redacted]");
+        out.extend_from_slice(&live.finish(&secrets, 0));
+        assert_eq!(out, b"hello [redacted] bye \xc3\xa9\xff[redacted]");
         assert_eq!(
-            LiveRedactor::default().push(&Secrets::default(), 1, "x"),
-            "x"
+            LiveRedactor::default().push(&Secrets::default(), 1, b"x"),
+            b"x"
         );
     }
 

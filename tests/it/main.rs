@@ -6,6 +6,7 @@ mod support;
 
 mod api_processes;
 mod broker_conformance;
+
 mod cli_containers;
 mod cli_events;
 mod containers_api;
@@ -25,6 +26,7 @@ mod nats_scale;
 mod podman_worker;
 mod router;
 mod router_processes;
+mod run_bytes;
 mod sandbox;
 mod server_flags;
 mod tls_clients;

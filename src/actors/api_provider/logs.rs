@@ -39,16 +39,22 @@ impl Handler<Incoming<RunOutput>> for ApiProvider {
         let Some(run) = self.live_run(msg.meta.service, &e.run_id, &e.owner_account_id) else {
             return;
         };
-        if !run.takes_output(e.stream, e.data.len(), cap) {
+        let chunk = LogChunk::new(
+            e.seq,
+            e.stream,
+            e.data,
+            e.encoding.as_deref() == Some("base64"),
+        );
+        if !run.takes_output(e.stream, chunk.output_len(), cap) {
             return;
         }
-        let chunk = LogChunk {
-            seq: e.seq,
-            stream: e.stream,
-            data: e.data,
-        };
         run.push_chunk(chunk);
     }
+}
+
+/// Whether a result's output is base64.
+pub fn base64(r: &RunResult) -> bool {
+    r.output_encoding.is_some_and(|e| e.is_base64())
 }
 
 /// The log lines of a finished run, from its result.
@@ -63,11 +69,7 @@ pub fn chunks_of_result(result: &Reply<RunResult>) -> Vec<LogChunk> {
     .into_iter()
     .filter(|(_, text)| !text.is_empty())
     .enumerate()
-    .map(|(seq, (stream, text))| LogChunk {
-        seq: seq as u64,
-        stream,
-        data: text.clone(),
-    })
+    .map(|(seq, (stream, text))| LogChunk::new(seq as u64, stream, text.clone(), base64(r)))
     .collect()
 }
 

@@ -107,7 +107,7 @@ pub struct DeleteRun {
 pub struct SendInput {
     pub run_id: String,
     pub owner: String,
-    pub data: Option<String>,
+    pub data: Option<Vec<u8>>,
     pub eof: bool,
 }
 
@@ -140,12 +140,42 @@ pub struct FollowLogs {
     pub follow: bool,
 }
 
-/// One output chunk as the logs endpoint sends it.
+/// One output chunk as the logs endpoint sends it: `{"seq","stream",
+/// "data"}`, or `"data_base64"` for a run whose output is base64.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogChunk {
     pub seq: u64,
     pub stream: OutputStream,
-    pub data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+}
+
+impl LogChunk {
+    /// A chunk of `data`, base64 text when `base64`.
+    pub fn new(seq: u64, stream: OutputStream, data: String, base64: bool) -> Self {
+        let (data, data_base64) = if base64 {
+            (None, Some(data))
+        } else {
+            (Some(data), None)
+        };
+        LogChunk {
+            seq,
+            stream,
+            data,
+            data_base64,
+        }
+    }
+
+    /// How many bytes of output it carries.
+    pub fn output_len(&self) -> usize {
+        match (&self.data, &self.data_base64) {
+            (Some(d), _) => d.len(),
+            (None, Some(b)) => crate::contract::bytes::decoded_exact_len(b),
+            (None, None) => 0,
+        }
+    }
 }
 
 /// What a log follower receives.

@@ -246,9 +246,10 @@ impl Handler<SendInput> for ApiProvider {
                     run_id: msg.run_id,
                     owner_account_id: msg.owner.clone(),
                     worker_id: Some(worker),
-                    data: msg.data,
                     eof: msg.eof,
-                };
+                    ..Default::default()
+                }
+                .with_bytes(msg.data);
                 Ok(ask(&seat, input, &msg.owner, timeout)
                     .await?
                     .into_result()?)

@@ -36,7 +36,10 @@ impl ContainerSession {
             // A pooled run's refusal is read from its own output, which
             // its command controls: redacted as any output.
             let reason = self.plan.secrets.redact(&reason);
-            result.stderr = format!("{reason}\n");
+            result.stderr = self
+                .plan
+                .output_encoding
+                .encode(format!("{reason}\n").as_bytes());
             result.reason = Some(reason);
             tracing::info!(run_id = %result.run_id, exit_code = code, reason = ?result.reason, "run failed: its command cannot run");
             self.finish_with(Reply::Ok(result), ctx);
@@ -145,6 +148,9 @@ impl ContainerSession {
         } else {
             ending.signal()
         };
+        let encoding = self.plan.output_encoding;
+        let stdout = self.plan.secrets.redact_bytes(self.stdout.bytes());
+        let stderr = self.plan.secrets.redact_bytes(self.stderr.bytes());
         RunResult {
             run_id: self.plan.run_id.clone(),
             owner_account_id: self.plan.owner.clone(),
@@ -155,10 +161,13 @@ impl ContainerSession {
             exit_code: ending.exit_code,
             signal: signal.map(str::to_owned),
             state: ending.state(),
-            stdout: self.plan.secrets.redact(&self.stdout.text()),
-            stderr: self.plan.secrets.redact(&self.stderr.text()),
+            stdout: encoding.encode(&stdout),
+            stderr: encoding.encode(&stderr),
             stdout_truncated: self.stdout.truncated,
             stderr_truncated: self.stderr.truncated,
+            output_encoding: encoding.is_base64().then_some(encoding),
+            stdout_lossy: !encoding.is_base64() && std::str::from_utf8(&stdout).is_err(),
+            stderr_lossy: !encoding.is_base64() && std::str::from_utf8(&stderr).is_err(),
             duration_ms: ended.duration_since(t0).as_millis() as u64,
             started_at: Some(started_at),
             finished_at: Some(finished_at),

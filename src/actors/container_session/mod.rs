@@ -109,7 +109,7 @@ pub struct Cancel;
 #[derive(Message)]
 #[rtype(result = "Result<usize, ErrorDetail>")]
 pub struct WriteInput {
-    pub data: Option<String>,
+    pub data: Vec<u8>,
     pub eof: bool,
 }
 
@@ -300,12 +300,12 @@ impl Handler<WriteInput> for ContainerSession {
         let Some(mut input) = self.input.take() else {
             return refuse("the run's stdin is already closed");
         };
-        let data = msg.data.unwrap_or_default();
+        let data = msg.data;
         let eof = msg.eof;
         AtomicResponse::new(Box::pin(
             async move {
                 let written = async {
-                    input.write_all(data.as_bytes()).await?;
+                    input.write_all(&data).await?;
                     input.flush().await?;
                     if eof {
                         input.shutdown().await?;

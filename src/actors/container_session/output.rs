@@ -1,9 +1,12 @@
 //! A run's output: captured up to the cap per stream (past it the stream
 //! is drained and dropped, so the container never blocks on a full pipe)
-//! and published live as `run.output`, in order, secrets redacted, UTF-8
-//! split only at character boundaries.
+//! and published live as `run.output`, in order, secrets redacted (on the
+//! bytes), as UTF-8 text split only at character boundaries or, for a
+//! run that asked for `"output_encoding": "base64"`, as base64 of the
+//! exact bytes.
 
 use super::{ContainerSession, Phase};
+use crate::contract::bytes::base64_encode;
 use crate::contract::{OutputStream, RunOutput};
 use crate::planning::utf8::Utf8Carry;
 use crate::runtime::{Chunk, RuntimeError};
@@ -31,23 +34,25 @@ impl Capture {
         }
     }
 
-    /// Keeps what fits under the cap; returns the kept part's text.
-    fn take(&mut self, data: &[u8]) -> Option<String> {
+    /// Keeps what fits under the cap; returns the kept part.
+    fn take<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
         let room = self.cap.saturating_sub(self.kept.len());
         if data.len() > room {
             self.truncated = true;
         }
         let kept = &data[..data.len().min(room)];
-        if kept.is_empty() {
-            return None;
-        }
         self.kept.extend_from_slice(kept);
-        Some(self.carry.push(kept)).filter(|t| !t.is_empty())
+        kept
     }
 
     /// Everything kept, as text (invalid bytes replaced).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.kept).into_owned()
+    }
+
+    /// Everything kept, as bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.kept
     }
 }
 
@@ -59,10 +64,27 @@ impl ContainerSession {
         }
     }
 
-    /// Publishes output (nothing when redaction held it all back), in
-    /// pieces that fit any bus: at most [`MAX_EVENT_DATA`] bytes each,
-    /// cut at character boundaries.
-    fn output_event(&mut self, stream: OutputStream, data: String) {
+    /// Publishes redacted output bytes (nothing when redaction held them
+    /// all back): base64 pieces of at most [`MAX_EVENT_DATA`] bytes, or
+    /// text through the stream's UTF-8 carry.
+    fn output_bytes(&mut self, stream: OutputStream, bytes: &[u8], end: bool) {
+        if self.plan.output_encoding.is_base64() {
+            for piece in bytes.chunks(MAX_EVENT_DATA) {
+                self.output_event(stream, base64_encode(piece), true);
+            }
+            return;
+        }
+        let carry = &mut self.capture(stream).carry;
+        let mut text = carry.push(bytes);
+        if end {
+            text.push_str(&carry.finish());
+        }
+        self.output_text(stream, text);
+    }
+
+    /// Publishes text in pieces that fit any bus: at most
+    /// [`MAX_EVENT_DATA`] bytes each, cut at character boundaries.
+    fn output_text(&mut self, stream: OutputStream, data: String) {
         let mut rest = data.as_str();
         while !rest.is_empty() {
             let mut cut = rest.len().min(MAX_EVENT_DATA);
@@ -71,17 +93,21 @@ impl ContainerSession {
             }
             let (piece, tail) = rest.split_at(cut);
             rest = tail;
-            let event = RunOutput {
-                run_id: self.plan.run_id.clone(),
-                owner_account_id: self.plan.owner.clone(),
-                seq: self.seq,
-                stream,
-                data: piece.to_owned(),
-                encoding: None,
-            };
-            self.seq += 1;
-            self.event("run.output", &event);
+            self.output_event(stream, piece.to_owned(), false);
         }
+    }
+
+    fn output_event(&mut self, stream: OutputStream, data: String, base64: bool) {
+        let event = RunOutput {
+            run_id: self.plan.run_id.clone(),
+            owner_account_id: self.plan.owner.clone(),
+            seq: self.seq,
+            stream,
+            data,
+            encoding: base64.then(|| "base64".to_owned()),
+        };
+        self.seq += 1;
+        self.event("run.output", &event);
     }
 }
 
@@ -94,21 +120,19 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
                 return;
             }
         };
-        if let Some(text) = self.capture(chunk.stream).take(&chunk.data) {
-            let text = self
+        let kept = self.capture(chunk.stream).take(&chunk.data);
+        if !kept.is_empty() {
+            let out = self
                 .live
-                .push(&self.plan.secrets, chunk.stream.index(), &text);
-            self.output_event(chunk.stream, text);
+                .push(&self.plan.secrets, chunk.stream.index(), kept);
+            self.output_bytes(chunk.stream, &out, false);
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         for stream in [OutputStream::Stdout, OutputStream::Stderr] {
-            let tail = self.capture(stream).carry.finish();
-            let i = stream.index();
-            let mut rest = self.live.push(&self.plan.secrets, i, &tail);
-            rest.push_str(&self.live.finish(&self.plan.secrets, i));
-            self.output_event(stream, rest);
+            let rest = self.live.finish(&self.plan.secrets, stream.index());
+            self.output_bytes(stream, &rest, true);
         }
         self.output_open = false;
         match self.exec_id.clone() {

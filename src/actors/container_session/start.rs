@@ -178,7 +178,7 @@ impl ContainerSession {
             if let Some(mut input) = self.input.take() {
                 ctx.spawn(
                     async move {
-                        let _ = input.write_all(data.as_bytes()).await;
+                        let _ = input.write_all(&data).await;
                         let _ = input.shutdown().await;
                     }
                     .into_actor(self),

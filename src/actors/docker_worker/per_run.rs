@@ -83,9 +83,13 @@ impl Handler<Incoming<Result<InputRequest, crate::contract::Malformed>>> for Doc
         let Some(seat) = self.held(&msg.body, &owner, corr.clone(), ctx) else {
             return;
         };
+        let data = match msg.body.bytes() {
+            Ok(data) => data,
+            Err(e) => return self.reply::<InputRequest>(corr, Reply::Err(e), ctx),
+        };
         let run_id = msg.body.run_id;
         let write = WriteInput {
-            data: msg.body.data,
+            data,
             eof: msg.body.eof,
         };
         ctx.spawn(

@@ -71,7 +71,7 @@ impl Handler<Cancel> for MockSession {
 impl Handler<WriteInput> for MockSession {
     type Result = Result<usize, ErrorDetail>;
     fn handle(&mut self, msg: WriteInput, _: &mut Self::Context) -> Self::Result {
-        Ok(msg.data.map(|d| d.len()).unwrap_or(0))
+        Ok(msg.data.len())
     }
 }
 

@@ -379,7 +379,14 @@ pub fn run(args: SoakArgs) -> Result<(), Failure> {
         problems.push(format!("{left} containers left behind"));
     }
     drop(procs);
-    let _ = std::fs::remove_dir_all(&dir);
+    if problems.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!(
+            "(the stack's ledger and logs are kept in {})",
+            dir.display()
+        );
+    }
     println!("\n| | |\n|---|---|");
     println!("| runs | {} in {:.1} s |", asked.len(), took.as_secs_f64());
     for (state, n) in &states {

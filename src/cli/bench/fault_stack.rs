@@ -86,10 +86,20 @@ impl Procs {
         cmd.env("BUS_EVENTS_LISTENER_RETRY", "1")
             .env("BUS_EVENTS_LISTENER_RETRY_MIN", "100ms")
             .env("BUS_EVENTS_LISTENER_RETRY_MAX", "500ms")
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null());
+        // Each part's warnings, across its restarts, for a failed soak.
+        let log = std::fs::create_dir_all(self.dir.join("logs")).and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(format!("logs/{part}.log")))
+        });
+        match log {
+            Ok(f) => cmd.stderr(f),
+            Err(_) => cmd.stderr(Stdio::null()),
+        };
         cmd
     }
 

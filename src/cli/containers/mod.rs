@@ -11,6 +11,7 @@ use client::{Client, EXIT_PLATFORM};
 use futures::StreamExt;
 use output::{cell, print_error, ColorChoice, Format, Out};
 use serde_json::{json, Value};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -278,15 +279,15 @@ async fn dispatch(
             Ok(0)
         }
         ContainersCommand::Input { run_id, data, eof } => {
-            let data = match data {
-                Some(d) => d,
+            // DATA is text; stdin is sent as its exact bytes.
+            let body = match data {
+                Some(d) => json!({"data": d, "eof": eof}),
                 None => {
-                    let mut s = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
-                    s
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+                    json!({"data_base64": crate::contract::bytes::base64_encode(&bytes), "eof": eof})
                 }
             };
-            let body = json!({"data": data, "eof": eof});
             let (_, v) = client
                 .json(
                     "POST",
@@ -340,17 +341,21 @@ async fn dispatch(
                                     "{}\t{}\t{}",
                                     cell(&v["seq"]),
                                     cell(&v["stream"]),
-                                    output::tsv_escape(v["data"].as_str().unwrap_or(""))
+                                    output::tsv_escape(&String::from_utf8_lossy(
+                                        &output::chunk_bytes(&v)
+                                    ))
                                 ))?;
                             }
                         }
                         Format::Text => {
                             if v.get("exit").is_none() {
-                                let data = v["data"].as_str().unwrap_or("");
+                                let data = output::chunk_bytes(&v);
                                 if v["stream"] == "stderr" {
-                                    eprint!("{data}");
+                                    let mut e = std::io::stderr();
+                                    let _ = e.write_all(&data);
+                                    let _ = e.flush();
                                 } else {
-                                    out.raw(data.as_bytes())?;
+                                    out.raw(&data)?;
                                 }
                             }
                         }
@@ -373,8 +378,8 @@ async fn dispatch(
             match out.format {
                 Format::Json => out.json(&v)?,
                 Format::Text => {
-                    out.raw(v["stdout"].as_str().unwrap_or("").as_bytes())?;
-                    eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+                    out.raw(&output::result_bytes(&v, "stdout"))?;
+                    let _ = std::io::stderr().write_all(&output::result_bytes(&v, "stderr"));
                 }
                 Format::Tsv => {
                     let cols = ["run_id", "state", "exit_code", "duration_ms"];

@@ -143,3 +143,27 @@ pub fn print_error(color: bool, message: &str) {
     };
     eprintln!("bus: {label}: {message}");
 }
+
+/// The bytes of a log chunk (`data`, or `data_base64` decoded).
+pub fn chunk_bytes(chunk: &Value) -> Vec<u8> {
+    match chunk.get("data_base64").and_then(Value::as_str) {
+        Some(b) => crate::contract::bytes::base64_decode("data_base64", b).unwrap_or_default(),
+        None => chunk
+            .get("data")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .as_bytes()
+            .to_vec(),
+    }
+}
+
+/// The bytes of a result's `stdout` or `stderr` (decoded when the result
+/// says `"output_encoding": "base64"`).
+pub fn result_bytes(result: &Value, stream: &str) -> Vec<u8> {
+    let text = result.get(stream).and_then(Value::as_str).unwrap_or("");
+    if result.get("output_encoding").and_then(Value::as_str) == Some("base64") {
+        crate::contract::bytes::base64_decode(stream, text).unwrap_or_default()
+    } else {
+        text.as_bytes().to_vec()
+    }
+}

@@ -221,14 +221,14 @@ async fn follow_output(
             if let Some(result) = v.get("exit") {
                 return Ok(result.clone());
             }
-            let data = v.get("data").and_then(Value::as_str).unwrap_or("");
+            let data = super::output::chunk_bytes(&v);
             pb.suspend(|| {
                 if v.get("stream").and_then(Value::as_str) == Some("stderr") {
                     let mut e = std::io::stderr();
-                    let _ = e.write_all(data.as_bytes());
+                    let _ = e.write_all(&data);
                     let _ = e.flush();
                 } else {
-                    let _ = out.raw(data.as_bytes());
+                    let _ = out.raw(&data);
                 }
             });
         }
@@ -260,7 +260,9 @@ fn forward_stdin(client: Client, run_id: String) {
     actix_rt::spawn(async move {
         while let Some(item) = rx.recv().await {
             let body = match &item {
-                Some(data) => json!({"data": String::from_utf8_lossy(data), "eof": false}),
+                Some(data) => {
+                    json!({"data_base64": crate::contract::bytes::base64_encode(data), "eof": false})
+                }
                 None => json!({"eof": true}),
             };
             let path = format!("/api/v1/containers/runs/{run_id}/input");
@@ -305,7 +307,11 @@ fn print_result(out: &mut Out, result: &Value) -> Result<(), Failure> {
 
 /// Runs `args`; returns the exit code.
 pub async fn run(client: Client, out: &mut Out, args: RunArgs) -> Result<u8, Failure> {
-    let body = args.body()?;
+    let mut body = args.body()?;
+    if out.format == Format::Text {
+        // Printed as the exact bytes the run wrote.
+        body["output_encoding"] = json!("base64");
+    }
     // Take SIGINT from the start, so a Ctrl-C as the run begins cancels it
     // rather than killing this process with the run left going.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
