@@ -272,9 +272,13 @@ pub async fn start(
                     "usage records the last process did not get out are sent again"
                 );
             }
-            for record in &unsent {
-                usage.resend(record, &pmetrics.usage_failures);
-            }
+            let (backlog, failures) = (usage.clone(), pmetrics.usage_failures.clone());
+            actix_rt::spawn(async move {
+                for record in &unsent {
+                    backlog.room(2).await;
+                    backlog.resend(record, &failures);
+                }
+            });
             usage
         }
         (UsageBackend::Memory, _) => Usage::Memory(Default::default()),

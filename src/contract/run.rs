@@ -54,6 +54,56 @@ pub struct RunSpec {
     pub interactive: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Ours: files written into the container before its command starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<RunFile>>,
+}
+
+/// One file of a run's `files`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    /// Absolute, under the run's workdir or `/tmp`.
+    pub path: String,
+    pub content_base64: String,
+    /// Octal permission bits, `"0644"` by default (at most `0777`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// The longest path of a file.
+pub const MAX_FILE_PATH: usize = 512;
+
+/// At most this many `files` in one run.
+pub const MAX_FILES: usize = 1000;
+
+impl RunFile {
+    /// Its permission bits.
+    pub fn mode_bits(&self) -> Result<u32, ErrorDetail> {
+        let Some(m) = &self.mode else {
+            return Ok(0o644);
+        };
+        u32::from_str_radix(m, 8)
+            .ok()
+            .filter(|b| *b <= 0o777 && !m.is_empty() && m.len() <= 4)
+            .ok_or_else(|| {
+                bad(format!(
+                    "files: mode {m:?} of {} must be octal permission bits, at most 0777",
+                    self.path
+                ))
+            })
+    }
+}
+
+/// A file path a run may be given: absolute, each part a plain name (no
+/// `.`, `..` or empty part), not the root.
+pub fn plain_absolute_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.chars().count() <= MAX_FILE_PATH
+        && !path.contains('\0')
+        && path[1..]
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 /// The field names of a [`RunSpec`] (a strict reader refuses others).
@@ -69,6 +119,7 @@ pub const RUN_SPEC_FIELDS: &[&str] = &[
     "output_encoding",
     "interactive",
     "workdir",
+    "files",
 ];
 
 /// `"utf8"` or `"base64"`, said so when it is neither.
@@ -145,6 +196,31 @@ impl RunSpec {
         self.stdin.is_some() || self.stdin_base64.is_some()
     }
 
+    /// The files with their decoded contents and modes, checked: plain
+    /// absolute paths, valid base64 and modes (a later entry with the
+    /// same path wins).
+    pub fn file_bytes(&self) -> Result<Vec<(String, Vec<u8>, u32)>, ErrorDetail> {
+        let files = self.files.as_deref().unwrap_or_default();
+        if files.len() > MAX_FILES {
+            return Err(bad(format!("files: at most {MAX_FILES} files")));
+        }
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            if !plain_absolute_path(&f.path) {
+                return Err(bad(format!(
+                    "files: path {:?} must be absolute, without '.', '..' or empty parts",
+                    f.path
+                )));
+            }
+            let data = super::bytes::base64_decode(
+                &format!("files: content_base64 of {}", f.path),
+                &f.content_base64,
+            )?;
+            out.push((f.path.clone(), data, f.mode_bits()?));
+        }
+        Ok(out)
+    }
+
     pub fn output_encoding(&self) -> OutputEncoding {
         self.output_encoding.unwrap_or_default()
     }
@@ -189,6 +265,7 @@ impl RunSpec {
             return Err(bad("workdir must be an absolute path"));
         }
         self.stdin_bytes()?;
+        self.file_bytes()?;
         Ok(())
     }
 }

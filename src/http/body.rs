@@ -145,6 +145,10 @@ pub fn query_bool(
 ) -> Result<bool, ApiError> {
     match query.get(key) {
         None => Ok(default),
+        // Given, it says which: an empty value is not a boolean.
+        Some(v) if v.trim().is_empty() => Err(ApiError::bad_request(format!(
+            "{key}: an empty value is not a boolean: use true or false"
+        ))),
         Some(v) => {
             crate::parse::parse_bool(v).map_err(|e| ApiError::bad_request(format!("{key}: {e}")))
         }
@@ -160,10 +164,28 @@ pub fn strict_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, A
     let Some(obj) = value.as_object() else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     };
-    if let Some((k, _)) = obj.iter().find(|(_, v)| v.is_null()) {
+    if let Some(k) = null_in(obj) {
         return Err(ApiError::bad_request(format!("{k} must not be null")));
     }
     serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+}
+
+/// The first explicit null in an object, at any depth (`files[0].mode`).
+fn null_in(obj: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    fn walk(v: &serde_json::Value, at: String) -> Option<String> {
+        match v {
+            serde_json::Value::Null => Some(at),
+            serde_json::Value::Object(o) => {
+                o.iter().find_map(|(k, v)| walk(v, format!("{at}.{k}")))
+            }
+            serde_json::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, format!("{at}[{i}]"))),
+            _ => None,
+        }
+    }
+    obj.iter().find_map(|(k, v)| walk(v, k.clone()))
 }
 
 /// `POST /api/v1/containers/runs`: a run spec and `wait`, nothing else.

@@ -8,7 +8,7 @@ use crate::contract::run::valid_run_id;
 pub use crate::contract::RunRequest;
 use crate::contract::{ErrorDetail, ErrorType};
 use crate::planning::sandbox::{plan_sandbox, SandboxPlan, Secrets};
-use crate::runtime::{labels, ContainerSpec, MountSpec};
+use crate::runtime::{labels, ContainerSpec, FileSpec, MountSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -43,6 +43,78 @@ pub struct RunPlan {
     /// Values the run's output must not show (credential and forwarded
     /// secrets), replaced by `[redacted]`.
     pub secrets: Secrets,
+    /// Written into the container before its command starts.
+    pub files: Vec<FileSpec>,
+}
+
+/// A run's workdir when it gives files and neither it nor its profile
+/// names one.
+pub const DEFAULT_WORKDIR: &str = "/workspace";
+
+/// Where a run's files may go: under its workdir (a per-run volume unless
+/// a mount is there) or `/tmp` (a per-run volume instead of the tmpfs).
+fn place_files(
+    files: &[(String, Vec<u8>, u32)],
+    spec: &mut ContainerSpec,
+) -> Result<Vec<FileSpec>, ErrorDetail> {
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = spec
+        .workdir
+        .clone()
+        .unwrap_or_else(|| DEFAULT_WORKDIR.to_owned());
+    if !crate::contract::run::plain_absolute_path(&dir) {
+        return Err(bad(format!(
+            "files need a workdir that is a plain absolute path below /, not {dir:?}"
+        )));
+    }
+    let under = |path: &str, root: &str| {
+        root != "/"
+            && path
+                .strip_prefix(root.trim_end_matches('/'))
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    let (mut in_tmp, mut in_workdir) = (false, false);
+    for (path, _, _) in files {
+        if under(path, "/tmp") {
+            in_tmp = true;
+        } else if under(path, &dir) {
+            in_workdir = true;
+        } else {
+            return Err(bad(format!(
+                "files: {path} is outside the run's writable locations ({dir} and /tmp)"
+            )));
+        }
+    }
+    let mounted = |target: &str| {
+        spec.mounts
+            .iter()
+            .any(|m| m.target == target || under(target, &m.target))
+    };
+    if in_workdir {
+        spec.workdir = Some(dir.clone());
+        if !mounted(&dir) && !spec.volumes.contains(&dir) {
+            spec.volumes.push(dir.clone());
+        }
+    }
+    if in_tmp && !mounted("/tmp") {
+        spec.hardening.tmpfs.remove("/tmp");
+        spec.volumes.push("/tmp".to_owned());
+    }
+    Ok(files
+        .iter()
+        .map(|(path, data, mode)| FileSpec {
+            path: path.clone(),
+            data: data.clone(),
+            mode: *mode,
+            root: Some(if under(path, "/tmp") {
+                "/tmp".to_owned()
+            } else {
+                dir.clone()
+            }),
+        })
+        .collect())
 }
 
 fn bad(message: impl Into<String>) -> ErrorDetail {
@@ -189,7 +261,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         }
         _ => None,
     };
-    let spec = ContainerSpec {
+    let mut spec = ContainerSpec {
         name: Some(format!("bus-{run_id}")),
         image: image.clone(),
         command: command.clone(),
@@ -205,6 +277,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         dns: vec![],
         volumes: vec![],
     };
+    let files = place_files(&req.spec.file_bytes()?, &mut spec)?;
     Ok(RunPlan {
         run_id,
         owner: owner.to_owned(),
@@ -218,6 +291,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         spec,
         sandbox: egress,
         secrets,
+        files,
     })
 }
 

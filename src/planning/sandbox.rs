@@ -195,6 +195,7 @@ pub fn sandbox_agent(
             path: CA_BUNDLE.into(),
             data: bundle.into_bytes(),
             mode: 0o644,
+            root: None,
         });
         spec.volumes.push(CA_DIR.into());
         for name in CA_VARIABLES {

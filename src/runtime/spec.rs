@@ -77,6 +77,10 @@ pub struct FileSpec {
     pub path: String,
     pub data: Vec<u8>,
     pub mode: u32,
+    /// The existing directory (a volume under a read-only root) it is
+    /// extracted under, with the directories between made; its own
+    /// directory when `None`.
+    pub root: Option<String>,
 }
 
 impl std::fmt::Debug for FileSpec {

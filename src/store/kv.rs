@@ -300,7 +300,9 @@ impl RunStore for KvStore {
                 time::OffsetDateTime::now_utc() - Duration::from_secs(retention.max_age.as_secs());
             let mut removed = 0;
             for (i, r) in all.iter().enumerate() {
-                if r.state == RunState::Running {
+                // A record whose usage the bus has not all taken is the
+                // usage outbox: kept until it has.
+                if r.state == RunState::Running || r.usage_sent != USAGE_SETTLED {
                     continue;
                 }
                 let old = time::OffsetDateTime::parse(

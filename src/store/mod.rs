@@ -113,7 +113,8 @@ pub trait RunStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<RunRecord>, StoreError>>;
     /// A write that proves the ledger can record (readiness).
     fn probe(&self) -> BoxFuture<'static, Result<(), StoreError>>;
-    /// Removes finished records past the retention; returns how many.
+    /// Removes finished records past the retention (never one whose usage
+    /// the bus has not all taken); returns how many.
     fn prune(&self, retention: Retention) -> BoxFuture<'static, Result<usize, StoreError>>;
 }
 

@@ -333,13 +333,13 @@ impl RunStore for SqliteStore {
             let cutoff = unix_now() - retention.max_age.as_secs() as i64;
             let mut removed = c
                 .execute(
-                    "DELETE FROM runs WHERE state != 'running' AND created_unix < ?1",
+                    "DELETE FROM runs WHERE state != 'running' AND usage_sent = 3 AND created_unix < ?1",
                     params![cutoff],
                 )
                 .map_err(err)?;
             removed += c
                 .execute(
-                    "DELETE FROM runs WHERE state != 'running' AND run_id NOT IN
+                    "DELETE FROM runs WHERE state != 'running' AND usage_sent = 3 AND run_id NOT IN
                        (SELECT run_id FROM runs ORDER BY run_id DESC LIMIT ?1)",
                     params![retention.max_runs as i64],
                 )
@@ -368,7 +368,7 @@ mod tests {
             created_at: now_rfc3339(),
             finished_at: None,
             result: None,
-            usage_sent: 0,
+            usage_sent: crate::store::USAGE_SETTLED,
         }
     }
 
@@ -467,9 +467,13 @@ mod tests {
         assert_eq!(s.get("run_old").await.unwrap().unwrap().usage_sent, 3);
         assert!(s.usage_unsent("i").await.unwrap().is_empty());
 
-        s.insert(record("run_a", "o", "i")).await.unwrap();
-        s.insert(record("run_b", "o", "i")).await.unwrap();
-        s.insert(record("run_c", "o", "other")).await.unwrap();
+        let unsent = |id, instance| RunRecord {
+            usage_sent: 0,
+            ..record(id, "o", instance)
+        };
+        s.insert(unsent("run_a", "i")).await.unwrap();
+        s.insert(unsent("run_b", "i")).await.unwrap();
+        s.insert(unsent("run_c", "other")).await.unwrap();
         s.usage_sent("run_a", USAGE_REQUESTED).await.unwrap();
         // Running records are not the outbox's (adoption resends them).
         assert!(s.usage_unsent("i").await.unwrap().is_empty());
@@ -486,6 +490,13 @@ mod tests {
             .map(|r| (r.run_id, r.usage_sent))
             .collect();
         assert_eq!(unsent, [("run_a".into(), 1), ("run_b".into(), 0)]);
+        // Retention keeps the outbox: only settled records go.
+        let all = Retention {
+            max_age: std::time::Duration::ZERO,
+            max_runs: 0,
+        };
+        assert_eq!(s.prune(all).await.unwrap(), 1, "run_old only");
+        assert!(s.get("run_a").await.unwrap().is_some());
         s.usage_sent("run_a", USAGE_ENDED).await.unwrap();
         s.usage_sent("run_b", USAGE_REQUESTED).await.unwrap();
         s.usage_sent("run_b", USAGE_ENDED).await.unwrap();

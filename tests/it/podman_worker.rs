@@ -33,6 +33,22 @@ async fn podman_runs_times_out_feeds_stdin_and_cleans_up() {
         .run(json!({"profile": "codex", "args": ["cat"], "stdin": "via podman"}))
         .await;
     assert_eq!(fed["stdout"], "via podman", "{fed}");
+    // Files before the start, exact bytes back (issue 18 on Podman).
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    let filed = f
+        .run(json!({"profile": "codex",
+            "args": ["sh", "-c", "cat /workspace/d/in.bin; stat -c %a /tmp/x.sh >&2"],
+            "files": [{"path": "/workspace/d/in.bin", "content_base64": b64(&bytes)},
+                      {"path": "/tmp/x.sh", "content_base64": b64(b"true"), "mode": "0700"}],
+            "output_encoding": "base64"}))
+        .await;
+    assert_eq!(filed["state"], "succeeded", "{filed}");
+    assert_eq!(filed["stdout"], b64(&bytes), "exact bytes on Podman");
+    assert_eq!(filed["stderr"], b64(b"700\n"), "{filed}");
     // As `docker run`: not in the image 127, not executable 126.
     for (command, code) in [("no-such-command", 127), ("/etc", 126)] {
         let r = f.run(json!({"profile": "codex", "args": [command]})).await;

@@ -281,11 +281,13 @@ async fn exact_bytes_across_the_events_api_and_nats() {
             continue;
         };
         s.warm_up().await;
-        let input = random_bytes(600_000, 13);
+        let input = random_bytes(400_000, 13);
+        let file = random_bytes(200_000, 23);
         let body = json!({
             "profile": "codex",
-            "args": ["sh", "-c", "cat; printf '\\377\\000' >&2"],
+            "args": ["sh", "-c", "cat; cat /workspace/f.bin >&2; printf '\\377\\000' >&2"],
             "stdin_base64": b64(&input),
+            "files": [{"path": "/workspace/f.bin", "content_base64": b64(&file)}],
             "output_encoding": "base64",
             "timeout_seconds": 60,
         });
@@ -293,14 +295,142 @@ async fn exact_bytes_across_the_events_api_and_nats() {
         assert_eq!(status, 200, "{shape}: {result}");
         assert_eq!(result["state"], "succeeded", "{shape}: {result}");
         assert!(unb64(&result["stdout"]) == input, "{shape}: stdout exact");
-        assert_eq!(
-            unb64(&result["stderr"]),
-            b"\xff\x00",
-            "{shape}: stderr exact"
+        let mut want = file.clone();
+        want.extend_from_slice(b"\xff\x00");
+        assert!(
+            unb64(&result["stderr"]) == want,
+            "{shape}: the file, then stderr, exact"
         );
         let run_id = result["run_id"].as_str().unwrap();
         let record = s.record(run_id).await;
         assert_eq!(record["result"]["stdout"], result["stdout"], "{shape}");
-        eprintln!("run bytes: 600 kB of random bytes in and out exactly over {shape} in {took:?}");
+        eprintln!(
+            "run bytes: 400 kB of stdin and a 200 kB file in, out exactly over {shape} in {took:?}"
+        );
     }
+}
+
+/// `files` are written before the command starts, at their modes, under
+/// the run's workdir or `/tmp` only; in a pooled profile (the run goes
+/// cold) and an explicit-image run; `bus containers run --file` sends a
+/// file or a directory.
+#[actix_rt::test]
+async fn files_are_written_before_the_command_starts() {
+    if engine().await.is_none() {
+        return;
+    }
+    let dev = start_dev_with(&["--pool-size", "1"], &[], |_| {});
+    let token = token(&dev);
+    let runs = format!("{}/api/v1/containers/runs", dev.url);
+    let data = random_bytes(200_000, 17);
+    let script = "cat /workspace/in/data.bin; stat -c '%a %n' /workspace/in/data.bin /tmp/tool.sh >&2; /tmp/tool.sh >&2; pwd >&2";
+    for target in [
+        json!({"profile": "codex"}),
+        json!({"image": "bus-busybox:latest"}),
+    ] {
+        let mut body = json!({
+            "args": ["sh", "-c", script],
+            "files": [
+                {"path": "/workspace/in/data.bin", "content_base64": b64(&data)},
+                {"path": "/tmp/tool.sh", "content_base64": b64(b"#!/bin/sh\necho tool ran\n"), "mode": "0755"},
+            ],
+            "output_encoding": "base64",
+            "timeout_seconds": 60,
+        });
+        for (k, v) in target.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, _, result) = call("POST", &runs, Some(&token), Some(&body.to_string())).await;
+        assert_eq!(status, 200, "{target}: {result}");
+        assert_eq!(result["state"], "succeeded", "{target}: {result}");
+        assert!(
+            unb64(&result["stdout"]) == data,
+            "{target}: the file's exact bytes"
+        );
+        let said = String::from_utf8(unb64(&result["stderr"])).unwrap();
+        assert_eq!(
+            said, "644 /workspace/in/data.bin\n755 /tmp/tool.sh\ntool ran\n/workspace\n",
+            "{target}"
+        );
+    }
+    // Outside the writable locations, or not a plain path: 400, nothing run.
+    for (path, says) in [
+        ("/etc/passwd", "outside the run's writable locations"),
+        ("/workspace/../etc/x", "without '.', '..'"),
+        ("relative.txt", "must be absolute"),
+        ("/tmp", "outside"),
+    ] {
+        let body = json!({"profile": "codex", "args": ["true"],
+            "files": [{"path": path, "content_base64": "YQ=="}]});
+        let (status, _, v) = call("POST", &runs, Some(&token), Some(&body.to_string())).await;
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{path}: {v}"
+        );
+    }
+    for (file, says) in [
+        (
+            json!({"path": "/tmp/a", "content_base64": "%%"}),
+            "content_base64",
+        ),
+        (
+            json!({"path": "/tmp/a", "content_base64": "", "mode": "4755"}),
+            "mode",
+        ),
+        (
+            json!({"path": "/tmp/a", "content_base64": "", "owner": "root"}),
+            "unknown field",
+        ),
+    ] {
+        let body = json!({"profile": "codex", "args": ["true"], "files": [file]});
+        let (status, _, v) = call("POST", &runs, Some(&token), Some(&body.to_string())).await;
+        assert_eq!(status, 400, "{file}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{file}: {v}"
+        );
+    }
+
+    // The CLI: a file to its default place, a directory to a named one.
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("notes.txt"), b"hello notes\n").unwrap();
+    let tree = local.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"A").unwrap();
+    std::fs::write(tree.join("sub/b.bin"), random_bytes(3000, 19)).unwrap();
+    let out = containers(&dev)
+        .current_dir(local.path())
+        .args(["run", "--format", "text", "--profile", "codex"])
+        .args(["--file", "notes.txt", "--file", "tree:/tmp/t"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "cat notes.txt; find /tmp/t | sort; wc -c < /tmp/t/sub/b.bin",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello notes\n/tmp/t\n/tmp/t/a.txt\n/tmp/t/sub\n/tmp/t/sub/b.bin\n3000\n"
+    );
+    let missing = containers(&dev)
+        .args([
+            "run",
+            "--profile",
+            "codex",
+            "--file",
+            "/no/such/file",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "a usage error: {missing:?}");
 }

@@ -449,6 +449,19 @@ async fn timeout_and_cancel_take_the_sandbox_down_too() {
     let Some(f) = sandboxed_worker(EGRESS).await else {
         return;
     };
+    // A sandboxed run gets its files too (beside the sandbox's CA).
+    let r = f
+        .run(json!({"run_id": "run_sbx_files", "profile": "agent",
+            "args": ["sh", "-c", "cat /workspace/f.txt /tmp/g.txt"],
+            "files": [{"path": "/workspace/f.txt", "content_base64": "c2J4IGZpbGUK"},
+                      {"path": "/tmp/g.txt", "content_base64": "dG1wCg=="}]}))
+        .await;
+    assert_eq!(
+        (&r["state"], &r["stdout"]),
+        (&json!("succeeded"), &json!("sbx file\ntmp\n")),
+        "{r}"
+    );
+    nothing_left(&f, "run_sbx_files").await;
     let r = f
         .run(json!({"run_id": "run_sbx_timeout", "profile": "agent", "args": ["sleep", "30"], "timeout_seconds": 1}))
         .await;

@@ -43,7 +43,12 @@ impl Handler<CreateRun> for ApiProvider {
                         created_at: now_rfc3339(),
                         finished_at: None,
                         result: None,
-                        usage_sent: 0,
+                        // Outside an outbox, nothing will mark it sent.
+                        usage_sent: if act.usage.is_outbox() {
+                            0
+                        } else {
+                            crate::store::USAGE_SETTLED
+                        },
                     });
                     let store = act.store.clone();
                     async move {

@@ -221,10 +221,27 @@ impl Usage {
         }
     }
 
+    /// Waits until the queue has room for `n` more records (a start-up
+    /// backlog is fed at the pace the bus takes it, never dropped).
+    pub async fn room(&self, n: usize) {
+        if let Usage::Events(tx) = self {
+            while tx.capacity() < n && !tx.is_closed() {
+                actix_rt::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Whether the ledger is this usage's outbox (records start unsent).
+    pub fn is_outbox(&self) -> bool {
+        matches!(self, Usage::Events(_))
+    }
+
     /// Sends again what the ledger says the bus never took of a record's
-    /// usage (start-up): `requested` first, then the end of a finished run.
+    /// usage (start-up): `requested` first, then the end of a finished run
+    /// (a `requested` lost behind an end that went out is not sent after
+    /// it).
     pub fn resend(&self, r: &RunRecord, failures: &IntCounter) {
-        if r.usage_sent & USAGE_REQUESTED == 0 {
+        if r.usage_sent & (USAGE_REQUESTED | USAGE_ENDED) == 0 {
             self.requested(
                 &r.run_id,
                 &r.owner_account_id,

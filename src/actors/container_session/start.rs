@@ -16,7 +16,7 @@ impl ContainerSession {
     /// Starts the run's own container; a sandboxed run's sandbox first.
     pub(super) fn start_cold(&mut self, ctx: &mut Context<Self>) {
         let Some(plan) = self.plan.sandbox.clone() else {
-            self.create_and_start(Vec::new(), ctx);
+            self.create_and_start(self.plan.files.clone(), ctx);
             return;
         };
         let seat = (self.cx.sandbox)(plan, self.cx.runtime.clone(), self.plan.run_id.clone());
@@ -28,12 +28,13 @@ impl ContainerSession {
             };
             match ready {
                 Ok(ready) => {
-                    let files = sandbox_agent(
+                    let mut files = sandbox_agent(
                         &mut act.plan.spec,
                         &ready.network,
                         &ready.proxy_ip,
                         ready.ca_pem.as_deref(),
                     );
+                    files.extend(act.plan.files.iter().cloned());
                     tracing::info!(run_id = %act.plan.run_id, proxy = %ready.proxy_ip, network = %ready.network, "sandbox ready");
                     act.create_and_start(files, ctx);
                 }

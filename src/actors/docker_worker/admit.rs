@@ -206,11 +206,13 @@ impl DockerWorker {
         ctx: &mut Context<Self>,
     ) {
         // A profile run takes an idle pooled container when one is ready
-        // (the pool is made per profile; explicit-image runs go cold).
+        // (the pool is made per profile; explicit-image runs go cold, and
+        // so do runs with files: they are written before the start).
         let poolable = plan.profile.as_ref().filter(|p| {
             self.pool_config.sizes.contains_key(*p)
                 && !plan.spec.command.is_empty()
                 && plan.sandbox.is_none()
+                && plan.files.is_empty()
         });
         if let (Some(profile), Some(pool)) = (poolable, &self.pool) {
             self.pending += 1;

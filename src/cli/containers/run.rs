@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// The working directory inside the container (absolute).
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
+    /// Copy a local file (or a directory, recursively) into the run
+    /// before it starts: LOCAL[:PATH], PATH absolute under the run's
+    /// workdir or /tmp (default: the workdir, -w or /workspace, plus
+    /// LOCAL's name). Repeatable.
+    #[arg(long = "file", value_name = "LOCAL[:PATH]")]
+    pub files: Vec<String>,
     /// The command (after `--`). A flag this command does not know, before
     /// `--`, is a usage error.
     #[arg(trailing_var_arg = true)]
@@ -102,8 +108,79 @@ impl RunArgs {
             }
             body["workdir"] = json!(w);
         }
+        let workdir = self
+            .workdir
+            .clone()
+            .unwrap_or_else(|| "/workspace".to_owned());
+        let mut files = Vec::new();
+        for item in &self.files {
+            local_files(item, &workdir, &mut files)?;
+        }
+        if !files.is_empty() {
+            body["files"] = json!(files);
+        }
         Ok(body)
     }
+}
+
+/// `LOCAL[:PATH]` as run `files` entries: a file, or a directory's files
+/// (recursively, symbolic links skipped), with their permission bits.
+fn local_files(item: &str, workdir: &str, out: &mut Vec<Value>) -> Result<(), Failure> {
+    let (local, target) = match item.find(":/") {
+        Some(i) => (&item[..i], item[i + 1..].to_owned()),
+        None => {
+            let name = std::path::Path::new(item.trim_end_matches('/'))
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .ok_or_else(|| Failure::usage(format!("--file {item:?}: no file name")))?;
+            (item, format!("{}/{name}", workdir.trim_end_matches('/')))
+        }
+    };
+    collect_files(std::path::Path::new(local), &target, out)
+}
+
+fn collect_files(
+    local: &std::path::Path,
+    target: &str,
+    out: &mut Vec<Value>,
+) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(local)
+        .map_err(|e| Failure::usage(format!("--file {}: {e}", local.display())))?;
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(local)
+            .map_err(|e| Failure::usage(format!("--file {}: {e}", local.display())))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let kind = entry
+                .file_type()
+                .map_err(|e| Failure::usage(e.to_string()))?;
+            // Files and directories only: no links, pipes or devices.
+            if !kind.is_file() && !kind.is_dir() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let sub = format!("{}/{name}", target.trim_end_matches('/'));
+            collect_files(&entry.path(), &sub, out)?;
+        }
+        return Ok(());
+    }
+    if !meta.is_file() {
+        return Err(Failure::usage(format!(
+            "--file {}: not a regular file or directory",
+            local.display()
+        )));
+    }
+    let data = std::fs::read(local)
+        .map_err(|e| Failure::usage(format!("--file {}: {e}", local.display())))?;
+    out.push(json!({
+        "path": target,
+        "content_base64": crate::contract::bytes::base64_encode(&data),
+        "mode": format!("{:04o}", meta.permissions().mode() & 0o777),
+    }));
+    Ok(())
 }
 
 /// `NAME=VALUE`, or a bare `NAME` copied from this process's environment
