@@ -244,49 +244,54 @@ impl Secrets {
         self.0.first().map(String::len).unwrap_or(0)
     }
 
+    /// One pass that finds the values, leftmost-longest (a value holding
+    /// another is matched whole, wherever the output is cut).
+    fn matcher(&self) -> Option<aho_corasick::AhoCorasick> {
+        if self.0.is_empty() {
+            return None;
+        }
+        aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(&self.0)
+            .ok()
+    }
+
     /// `text` with every value replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for s in &self.0 {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "[redacted]");
-            }
-        }
-        out
+        String::from_utf8_lossy(&self.redact_bytes(text.as_bytes())).into_owned()
     }
 
     /// `bytes` with every value replaced by `[redacted]` (output is bytes;
     /// a value is matched by its UTF-8 bytes).
     pub fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = bytes.to_vec();
-        for s in &self.0 {
-            out = replace_bytes(&out, s.as_bytes(), b"[redacted]");
+        match self.matcher() {
+            Some(m) => m.replace_all_bytes(bytes, &vec![&b"[redacted]"[..]; self.0.len()]),
+            None => bytes.to_vec(),
         }
-        out
+    }
+
+    /// `bytes` without a tail that begins a value (output cut at the cap
+    /// must not show the start of a secret).
+    pub fn without_partial_tail<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        let longest = self.longest().min(bytes.len() + 1);
+        for n in (1..longest).rev() {
+            let tail = &bytes[bytes.len() - n..];
+            if self
+                .0
+                .iter()
+                .any(|v| v.len() > n && v.as_bytes().starts_with(tail))
+            {
+                return &bytes[..bytes.len() - n];
+            }
+        }
+        bytes
     }
 }
 
-/// `haystack` with each `needle` replaced by `with`.
-fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return haystack.to_vec();
-    }
-    let mut out = Vec::with_capacity(haystack.len());
-    let mut i = 0;
-    while i < haystack.len() {
-        if haystack[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(haystack[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Live output redacted across chunk boundaries: the last bytes of each
-/// stream that could begin a secret wait for the stream's next chunk.
+/// Live output redacted across chunk boundaries: the raw bytes of each
+/// stream that could begin a secret wait for the stream's next chunk, and
+/// what goes out is cut only where no match crosses, so the live output
+/// is exactly the redaction of the whole.
 #[derive(Debug, Default)]
 pub struct LiveRedactor {
     held: [Vec<u8>; 2],
@@ -295,20 +300,34 @@ pub struct LiveRedactor {
 impl LiveRedactor {
     /// What of `bytes` (after what `stream` held) can go out now.
     pub fn push(&mut self, secrets: &Secrets, stream: usize, bytes: &[u8]) -> Vec<u8> {
-        if secrets.is_empty() {
+        let Some(matcher) = secrets.matcher() else {
             return bytes.to_vec();
-        }
+        };
         let mut all = std::mem::take(&mut self.held[stream]);
         all.extend_from_slice(bytes);
-        let mut redacted = secrets.redact_bytes(&all);
-        let cut = redacted.len().saturating_sub(secrets.longest() - 1);
-        self.held[stream] = redacted.split_off(cut);
-        redacted
+        // Every value that starts before `cut` ends within `all`: its
+        // match is final; one that crosses `cut` goes out whole.
+        let mut cut = all.len().saturating_sub(secrets.longest() - 1);
+        for m in matcher.find_iter(&all) {
+            if m.start() >= cut {
+                break;
+            }
+            cut = cut.max(m.end());
+        }
+        self.held[stream] = all.split_off(cut);
+        secrets.redact_bytes(&all)
     }
 
-    /// The rest of `stream`, at its end.
-    pub fn finish(&mut self, secrets: &Secrets, stream: usize) -> Vec<u8> {
-        secrets.redact_bytes(&std::mem::take(&mut self.held[stream]))
+    /// The rest of `stream`, at its end (`cut`: the output stopped at
+    /// the cap, so a tail that begins a value is dropped).
+    pub fn finish(&mut self, secrets: &Secrets, stream: usize, cut: bool) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.held[stream]);
+        let rest = if cut {
+            secrets.without_partial_tail(&rest)
+        } else {
+            &rest
+        };
+        secrets.redact_bytes(rest)
     }
 }
 
@@ -331,6 +350,34 @@ mod tests {
     }
 
     #[test]
+    fn a_value_holding_another_is_redacted_whole_at_every_cut() {
+        let mut secrets = Secrets::default();
+        secrets.add("SECRETPA".into());
+        secrets.add("SECRETPASSWORD123".into());
+        let text = b"x SECRETPASSWORD123 y SECRETPA z SECRETPASS";
+        let whole = secrets.redact_bytes(text);
+        assert_eq!(whole, b"x [redacted] y [redacted] z [redacted]SS");
+        for a in 0..text.len() {
+            for b in a..text.len() {
+                let mut live = LiveRedactor::default();
+                let mut out = live.push(&secrets, 0, &text[..a]);
+                out.extend(live.push(&secrets, 0, &text[a..b]));
+                out.extend(live.push(&secrets, 0, &text[b..]));
+                out.extend(live.finish(&secrets, 0, false));
+                assert_eq!(out, whole, "cut at {a} and {b}");
+            }
+        }
+        // Cut at the cap inside a value: its start is not shown.
+        let mut live = LiveRedactor::default();
+        let mut out = live.push(&secrets, 0, b"ok SECRETPASSW");
+        out.extend(live.finish(&secrets, 0, true));
+        assert_eq!(out, b"ok ");
+        assert_eq!(secrets.without_partial_tail(b"ok SECRETPASSW"), b"ok ");
+        assert_eq!(secrets.without_partial_tail(b"ok SEC"), b"ok ");
+        assert_eq!(secrets.without_partial_tail(b"ok"), b"ok");
+    }
+
+    #[test]
     fn live_output_is_redacted_across_chunks() {
         let mut secrets = Secrets::default();
         secrets.add("tok-ABCDEFGH".into());
@@ -346,7 +393,7 @@ mod tests {
             assert!(!part.windows(6).any(|w| w == b"tok-AB"), "{part:?}");
             out.extend_from_slice(&part);
         }
-        out.extend_from_slice(&live.finish(&secrets, 0));
+        out.extend_from_slice(&live.finish(&secrets, 0, false));
         assert_eq!(out, b"hello [redacted] bye \xc3\xa9\xff[redacted]");
         assert_eq!(
             LiveRedactor::default().push(&Secrets::default(), 1, b"x"),

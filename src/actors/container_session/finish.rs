@@ -149,8 +149,18 @@ impl ContainerSession {
             ending.signal()
         };
         let encoding = self.plan.output_encoding;
-        let stdout = self.plan.secrets.redact_bytes(self.stdout.bytes());
-        let stderr = self.plan.secrets.redact_bytes(self.stderr.bytes());
+        // Cut at the cap, a stream's last bytes may begin a secret.
+        let shown = |c: &super::output::Capture| {
+            let kept = c.bytes();
+            let kept = if c.truncated {
+                self.plan.secrets.without_partial_tail(kept)
+            } else {
+                kept
+            };
+            self.plan.secrets.redact_bytes(kept)
+        };
+        let stdout = shown(&self.stdout);
+        let stderr = shown(&self.stderr);
         RunResult {
             run_id: self.plan.run_id.clone(),
             owner_account_id: self.plan.owner.clone(),

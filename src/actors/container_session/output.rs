@@ -131,7 +131,8 @@ impl StreamHandler<Result<Chunk, RuntimeError>> for ContainerSession {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         for stream in [OutputStream::Stdout, OutputStream::Stderr] {
-            let rest = self.live.finish(&self.plan.secrets, stream.index());
+            let cut = self.capture(stream).truncated;
+            let rest = self.live.finish(&self.plan.secrets, stream.index(), cut);
             self.output_bytes(stream, &rest, true);
         }
         self.output_open = false;
