@@ -109,8 +109,7 @@ async fn random_bytes_round_trip_exactly_through_the_cli() {
         "the same bytes back on stderr ({} bytes)",
         stderr.len()
     );
-    // `input` from a pipe sends its bytes; `wait --format text` prints
-    // what the run wrote, exactly.
+    // `input` from a pipe sends its bytes.
     let out = containers(&dev)
         .args([
             "run",

@@ -385,8 +385,9 @@ fn print_result(out: &mut Out, result: &Value) -> Result<(), Failure> {
 /// Runs `args`; returns the exit code.
 pub async fn run(client: Client, out: &mut Out, args: RunArgs) -> Result<u8, Failure> {
     let mut body = args.body()?;
-    if out.format == Format::Text {
-        // Printed as the exact bytes the run wrote.
+    if out.format == Format::Text && !args.detach {
+        // Printed here as the exact bytes the run wrote (a detached run
+        // keeps text output for whoever reads it later).
         body["output_encoding"] = json!("base64");
     }
     // Take SIGINT from the start, so a Ctrl-C as the run begins cancels it
