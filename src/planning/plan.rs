@@ -102,9 +102,16 @@ fn place_files(
         spec.hardening.tmpfs.remove("/tmp");
         spec.volumes.push("/tmp".to_owned());
     }
+    // A numeric run user owns its files (a named one would need the
+    // image's passwd file: root, readable by mode).
+    let owner = spec.hardening.user.as_deref().and_then(|u| {
+        let (uid, gid) = u.split_once(':').unwrap_or((u, "0"));
+        Some((uid.parse().ok()?, gid.parse().ok()?))
+    });
     Ok(files
         .iter()
         .map(|(path, data, mode)| FileSpec {
+            owner,
             path: path.clone(),
             data: data.clone(),
             mode: *mode,

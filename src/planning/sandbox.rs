@@ -196,6 +196,7 @@ pub fn sandbox_agent(
             data: bundle.into_bytes(),
             mode: 0o644,
             root: None,
+            owner: None,
         });
         spec.volumes.push(CA_DIR.into());
         for name in CA_VARIABLES {

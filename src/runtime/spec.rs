@@ -81,6 +81,9 @@ pub struct FileSpec {
     /// extracted under, with the directories between made; its own
     /// directory when `None`.
     pub root: Option<String>,
+    /// Owner (uid, gid) of the file and the directories made for it
+    /// (the run's numeric user); root when `None`.
+    pub owner: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for FileSpec {

@@ -433,3 +433,42 @@ async fn files_are_written_before_the_command_starts() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2), "a usage error: {missing:?}");
 }
+
+/// A run under a numeric user owns the files and directories it is given.
+#[actix_rt::test]
+async fn files_belong_to_a_numeric_run_user() {
+    if engine().await.is_none() {
+        return;
+    }
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("config.toml");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    let user = "\nuser = \"\"";
+    assert!(text.contains(user));
+    std::fs::write(&config, text.replacen(user, "\nuser = \"1000:1000\"", 1)).unwrap();
+    let dev = start_dev_with(&["--config", config.to_str().unwrap()], &[], |_| {});
+    let local = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(local.path().join("src")).unwrap();
+    std::fs::write(local.path().join("src/own.txt"), b"mine\n").unwrap();
+    let out = containers(&dev)
+        .current_dir(local.path())
+        .args(["run", "--format", "text", "--profile", "codex"])
+        .args(["--file", "src", "--"])
+        .args([
+            "sh",
+            "-c",
+            "id -u; stat -c '%u:%g %n' src src/own.txt; echo more > src/new.txt && cat src/own.txt src/new.txt",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1000\n1000:1000 src\n1000:1000 src/own.txt\nmine\nmore\n"
+    );
+}

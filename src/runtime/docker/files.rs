@@ -54,18 +54,26 @@ pub(super) fn archives_of(files: &[FileSpec]) -> std::io::Result<Vec<(String, Ve
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
                 h.set_size(0);
+                own(&mut h, file.owner);
                 builder.append_data(&mut h, &parent, std::io::empty())?;
             }
         }
         let mut h = tar::Header::new_gnu();
         h.set_mode(file.mode);
         h.set_size(file.data.len() as u64);
+        own(&mut h, file.owner);
         builder.append_data(&mut h, &name, file.data.as_slice())?;
     }
     by_root
         .into_iter()
         .map(|(root, builder, _)| Ok((root, builder.into_inner()?)))
         .collect()
+}
+
+fn own(h: &mut tar::Header, owner: Option<(u64, u64)>) {
+    let (uid, gid) = owner.unwrap_or((0, 0));
+    h.set_uid(uid);
+    h.set_gid(gid);
 }
 
 impl DockerRuntime {
@@ -97,5 +105,52 @@ impl DockerRuntime {
             Ok(())
         }
         .boxed_local()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_under_a_root_share_one_archive_with_their_directories() {
+        let file = |path: &str, owner| FileSpec {
+            path: path.into(),
+            data: b"x".to_vec(),
+            mode: 0o600,
+            root: Some("/workspace".into()),
+            owner,
+        };
+        let archives = archives_of(&[
+            file("/workspace/a/b/c.txt", Some((1000, 1000))),
+            file("/workspace/a/d.txt", Some((1000, 1000))),
+        ])
+        .unwrap();
+        assert_eq!(archives.len(), 1);
+        assert_eq!(archives[0].0, "/workspace");
+        let mut tar = tar::Archive::new(archives[0].1.as_slice());
+        let entries: Vec<(String, u64, u32)> = tar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.uid().unwrap(),
+                    h.mode().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("a".into(), 1000, 0o755),
+                ("a/b".into(), 1000, 0o755),
+                ("a/b/c.txt".into(), 1000, 0o600),
+                ("a/d.txt".into(), 1000, 0o600),
+            ]
+        );
+        assert!(archives_of(&[file("/elsewhere/x", None)]).is_err());
     }
 }
