@@ -18,7 +18,7 @@
 
 use crate::actors::bus::requester::Requester;
 use crate::contract::{encode, now_rfc3339, ErrorDetail, Publication, Reply, RunResult, RunState};
-use crate::store::{RunRecord, SharedStore, USAGE_ENDED, USAGE_REQUESTED};
+use crate::store::{RunRecord, SharedStore, USAGE_ENDED, USAGE_REQUESTED, USAGE_SETTLED};
 use prometheus::IntCounter;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -138,10 +138,12 @@ impl Usage {
         failures: &IntCounter,
     ) {
         let run_id = data.run_id().to_owned();
+        // The queue is ordered: once a run's end is out, its `requested`
+        // went before it (or was dropped for good): the run is settled.
         let outbox_bit = if matches!(data, UsageData::Requested { .. }) {
             USAGE_REQUESTED
         } else {
-            USAGE_ENDED
+            USAGE_SETTLED
         };
         let record = UsageRecord {
             event_type,
