@@ -49,6 +49,9 @@ pub struct WorkerSection {
     pub allowed_images: Vec<String>,
     /// Output kept per stream of a run.
     pub output_cap_bytes: usize,
+    /// The largest archive of a run's `artifacts` (past it the archive
+    /// stops and says `truncated`).
+    pub max_artifact_bytes: usize,
     /// `timeout_seconds` when neither request nor profile sets one.
     pub default_timeout_seconds: u64,
     /// The most any run may ask for.
@@ -64,6 +67,9 @@ pub struct WorkerSection {
     /// A PEM file of extra CAs the proxy trusts upstream (a private CA).
     pub egress_upstream_ca: Option<String>,
 }
+
+/// `worker.max_artifact_bytes` unless set: 64 MiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: usize = 64 << 20;
 
 /// The largest `memory_mb` (1 TiB): past it the byte count would overflow.
 pub const MAX_MEMORY_MB: u64 = 1 << 20;
@@ -87,6 +93,7 @@ impl Default for WorkerSection {
         WorkerSection {
             allowed_images: Vec::new(),
             output_cap_bytes: 1 << 20,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             default_timeout_seconds: 300,
             max_timeout_seconds: 3600,
             capacity: 64,

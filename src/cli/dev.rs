@@ -69,6 +69,11 @@ pub struct DevArgs {
     /// profile's `pool_size`; 0: none).
     #[arg(long, env = "BUS_POOL_SIZE")]
     pub pool_size: Option<usize>,
+    /// The largest archive of a run's artifacts, in bytes (overrides
+    /// `worker.max_artifact_bytes`; default 64 MiB): past it the archive
+    /// stops and the result says `truncated`.
+    #[arg(long, env = "BUS_MAX_ARTIFACT_BYTES")]
+    pub max_artifact_bytes: Option<usize>,
     /// The worker's stable id, which labels its containers (default:
     /// `dev-` and a hash of the data directory, so two stacks on one
     /// engine never take each other's containers).
@@ -236,6 +241,9 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
     if let Some(n) = args.pool_size {
         config.set_pool_size(n);
     }
+    if let Some(n) = args.max_artifact_bytes {
+        config.worker.max_artifact_bytes = n;
+    }
     let provider = match (args.provider, dev.provider.as_deref()) {
         (Some(p), _) => p,
         (None, None) | (None, Some("docker")) => DevProvider::Docker,
@@ -272,6 +280,10 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
     let events_listener = events_addr.as_deref().map(server::listen).transpose()?;
     let store = Arc::new(
         SqliteStore::open(&data_dir.join("runs.sqlite"))
+            .map_err(|e| Failure::error(e.to_string()))?,
+    );
+    let artifacts: crate::store::artifacts::SharedArtifacts = Arc::new(
+        crate::store::artifacts::DirArtifacts::open(data_dir.join("artifacts"))
             .map_err(|e| Failure::error(e.to_string()))?,
     );
     println!("configuration: {config_origin}");
@@ -343,7 +355,7 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
         };
         // One registry for the whole stack: /metrics shows the bus, the
         // router, the worker and the provider.
-        let api = serve_containers::start(opts, secrets, store, Some((broker.clone(), BusIdentity::service("dev-api"))), listener, metrics.clone()).await?;
+        let api = serve_containers::start(opts, secrets, store, Some(artifacts), Some((broker.clone(), BusIdentity::service("dev-api"))), listener, metrics.clone()).await?;
         let url = format!("http://{}", api.addr);
         let handle = api.server.handle();
         actix_rt::spawn(api.server);

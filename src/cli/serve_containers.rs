@@ -23,6 +23,7 @@ use crate::http::server;
 use crate::http::stream_slots::StreamSlots;
 use crate::metrics::Metrics;
 use crate::parse::parse_duration;
+use crate::store::artifacts::{DirArtifacts, ObjectArtifacts, SharedArtifacts};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Retention, SharedStore};
 use actix::Actor;
@@ -126,9 +127,13 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local").join("share").join("bus")
 }
 
-/// Opens the run ledger: a SQLite file, or a JetStream KV bucket for
-/// `--store nats://host:4222` (shared by several providers).
-async fn open_store(args: &ContainersServerArgs) -> Result<SharedStore, Failure> {
+/// Opens the run ledger and the artifact archives beside it: a SQLite
+/// file and a directory `artifacts` next to it, or a JetStream KV bucket
+/// and an object store bucket for `--store nats://host:4222` (shared by
+/// several providers).
+async fn open_store(
+    args: &ContainersServerArgs,
+) -> Result<(SharedStore, SharedArtifacts), Failure> {
     if let Some(url) = args
         .store
         .as_ref()
@@ -139,7 +144,14 @@ async fn open_store(args: &ContainersServerArgs) -> Result<SharedStore, Failure>
             .await
             .map_err(|e| Failure::error(e.to_string()))?;
         tracing::info!(bucket = crate::store::kv::BUCKET, "run ledger on NATS KV");
-        return Ok(Arc::new(store));
+        let artifacts = ObjectArtifacts::open(&url)
+            .await
+            .map_err(|e| Failure::error(e.to_string()))?;
+        tracing::info!(
+            bucket = crate::store::artifacts::BUCKET,
+            "artifacts in a NATS object store"
+        );
+        return Ok((Arc::new(store), Arc::new(artifacts)));
     }
     let path = match &args.store {
         Some(p) => p.clone(),
@@ -151,7 +163,13 @@ async fn open_store(args: &ContainersServerArgs) -> Result<SharedStore, Failure>
     };
     let store = SqliteStore::open(&path).map_err(|e| Failure::error(e.to_string()))?;
     tracing::info!(path = %path.display(), "run ledger open");
-    Ok(Arc::new(store))
+    let dir = path
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default()
+        .join("artifacts");
+    let artifacts = DirArtifacts::open(dir).map_err(|e| Failure::error(e.to_string()))?;
+    Ok((Arc::new(store), Arc::new(artifacts)))
 }
 
 /// Everything `start` needs, from flags or from a caller such as `bus dev`.
@@ -186,6 +204,7 @@ pub async fn start(
     opts: ContainersOptions,
     secrets: Secrets,
     store: SharedStore,
+    artifacts: Option<SharedArtifacts>,
     bus: Option<(
         crate::broker::SharedBroker,
         crate::actors::bus::requester::BusIdentity,
@@ -202,11 +221,25 @@ pub async fn start(
         .await
         .map_err(|e| Failure::error(e.to_string()))?;
     let retention = opts.retention;
-    let prune = move |store: SharedStore| async move {
-        match store.prune(retention).await {
-            Ok(n) if n > 0 => tracing::info!(removed = n, "run ledger retention"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "run ledger retention failed"),
+    let swept = artifacts.clone();
+    let prune = move |store: SharedStore| {
+        let swept = swept.clone();
+        async move {
+            match store.prune(retention).await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "run ledger retention"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "run ledger retention failed"),
+            }
+            // Archives go with their records.
+            if let Some(artifacts) = swept {
+                match crate::store::artifacts::sweep(&artifacts, &store).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(removed = n, "artifacts of removed runs removed")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "artifact retention failed"),
+                }
+            }
         }
     };
     // Once before serving (so nothing past retention is ever listed),
@@ -300,8 +333,11 @@ pub async fn start(
         accept_within: crate::contract::ACCEPT_WITHIN,
         run_grace: crate::contract::RUN_GRACE,
     };
-    let provider = ApiProvider::new(backend, store, usage.clone(), billing, config, pmetrics)
+    let mut provider = ApiProvider::new(backend, store, usage.clone(), billing, config, pmetrics)
         .with_bus(ready.clone());
+    if let Some(artifacts) = artifacts {
+        provider = provider.with_artifacts(artifacts);
+    }
     let ledger = provider.ledger_health();
     let provider = provider.start();
     if let (ApiBackend::Events, Some(r)) = (&opts.backend, &requester) {
@@ -467,12 +503,21 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
         }),
     };
     actix_rt::System::new().block_on(async move {
-        let store = open_store(&args).await?;
+        let (store, artifacts) = open_store(&args).await?;
         let bus = match bus {
             Some(b) => Some((b.open().await?, b.identity.clone())),
             None => None,
         };
-        let started = start(opts, secrets, store, bus, listener, Metrics::new()).await?;
+        let started = start(
+            opts,
+            secrets,
+            store,
+            Some(artifacts),
+            bus,
+            listener,
+            Metrics::new(),
+        )
+        .await?;
         let handle = started.server.handle();
         actix_rt::spawn(async move {
             stop_signal().await;

@@ -97,6 +97,11 @@ pub struct WorkerArgs {
     /// profile's `pool_size`; 0: none).
     #[arg(long, env = "BUS_POOL_SIZE")]
     pub pool_size: Option<usize>,
+    /// The largest archive of a run's artifacts, in bytes (overrides
+    /// `worker.max_artifact_bytes`; default 64 MiB): past it the archive
+    /// stops and the result says `truncated`.
+    #[arg(long, env = "BUS_MAX_ARTIFACT_BYTES")]
+    pub max_artifact_bytes: Option<usize>,
     /// Check the configuration (and the engine, unless static), print
     /// `bus-integration-<name> self-test OK` and exit.
     #[arg(long)]
@@ -122,6 +127,9 @@ pub fn settings(args: &WorkerArgs, flavour: Flavour) -> Result<WorkerSettings, F
     };
     if let Some(n) = args.pool_size {
         config.set_pool_size(n);
+    }
+    if let Some(n) = args.max_artifact_bytes {
+        config.worker.max_artifact_bytes = n;
     }
     if let Some(image) = args.egress_image.clone().filter(|i| !i.trim().is_empty()) {
         config.worker.egress_image = image;

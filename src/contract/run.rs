@@ -57,6 +57,10 @@ pub struct RunSpec {
     /// Ours: files written into the container before its command starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<RunFile>>,
+    /// Ours: paths archived (tar) after the command ends, kept with the
+    /// run's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Vec<String>>,
 }
 
 /// One file of a run's `files`.
@@ -76,6 +80,9 @@ pub const MAX_FILE_PATH: usize = 512;
 
 /// At most this many `files` in one run.
 pub const MAX_FILES: usize = 1000;
+
+/// At most this many `artifacts` paths in one run.
+pub const MAX_ARTIFACTS: usize = 100;
 
 impl RunFile {
     /// Its permission bits.
@@ -120,6 +127,7 @@ pub const RUN_SPEC_FIELDS: &[&str] = &[
     "interactive",
     "workdir",
     "files",
+    "artifacts",
 ];
 
 /// `"utf8"` or `"base64"`, said so when it is neither.
@@ -217,6 +225,27 @@ impl RunSpec {
                 &f.content_base64,
             )?;
             out.push((f.path.clone(), data, f.mode_bits()?));
+        }
+        Ok(out)
+    }
+
+    /// The artifact paths, checked: plain absolute paths, each once (in
+    /// the order first given).
+    pub fn artifact_paths(&self) -> Result<Vec<String>, ErrorDetail> {
+        let paths = self.artifacts.as_deref().unwrap_or_default();
+        if paths.len() > MAX_ARTIFACTS {
+            return Err(bad(format!("artifacts: at most {MAX_ARTIFACTS} paths")));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(paths.len());
+        for p in paths {
+            if !plain_absolute_path(p) {
+                return Err(bad(format!(
+                    "artifacts: path {p:?} must be absolute, without '.', '..' or empty parts"
+                )));
+            }
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
         }
         Ok(out)
     }
@@ -358,11 +387,35 @@ pub struct RunResult {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<RunDetails>,
+    /// Ours: what became of the run's `artifacts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsSummary>,
+    /// Ours, on the bus only: the artifacts' tar archive, base64. The API
+    /// provider keeps it beside the run's record and takes it out of the
+    /// result it records and answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_tar_base64: Option<String>,
     /// Ours: this result is too large for one bus message; it travels as
     /// this many `run.result.part` events (the whole result, in order),
     /// and this message carries its fields without its output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_parts: Option<u32>,
+}
+
+/// `artifacts` of a result: which paths were archived, the archive's
+/// size, the paths that did not exist, and whether the archive stopped
+/// at its size limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactsSummary {
+    pub paths: Vec<String>,
+    pub bytes: u64,
+    #[serde(default)]
+    pub missing: Vec<String>,
+    #[serde(default)]
+    pub truncated: bool,
+    /// Why no archive was kept (the engine or the store failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One decision line of a sandboxed run's egress proxy.

@@ -12,8 +12,8 @@ use super::events::bearer_identity;
 use super::ndjson::{line, with_heartbeats};
 use super::ApiError;
 use crate::actors::api_provider::messages::{
-    CreateRun, Created, DeleteRun, FollowLogs, GetRun, ListRuns, LogChunk, LogItem, RunnerDelete,
-    RunnerStart, RunnerStatus, SendInput, Status, WaitRun, Waited,
+    CreateRun, Created, DeleteRun, FollowLogs, GetArtifacts, GetRun, ListRuns, LogChunk, LogItem,
+    RunnerDelete, RunnerStart, RunnerStatus, SendInput, Status, WaitRun, Waited,
 };
 use crate::actors::api_provider::{ApiProvider, ProviderError};
 use crate::auth::{scopes, Identity, Verifier};
@@ -141,6 +141,29 @@ async fn get_run(
         })
         .await??;
     Ok(HttpResponse::Ok().json(view))
+}
+
+/// The run's artifact archive (`application/x-tar`), its owner's only.
+async fn artifacts(
+    req: HttpRequest,
+    api: web::Data<ContainersApi>,
+) -> Result<HttpResponse, ApiError> {
+    let who = caller(&req, &api, scopes::CONTAINER_READ)?;
+    let run_id = run_id(&req);
+    let tar = api
+        .provider
+        .send(GetArtifacts {
+            run_id: run_id.clone(),
+            owner: who.sub,
+        })
+        .await??;
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-tar")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{run_id}-artifacts.tar\""),
+        ))
+        .body(tar))
 }
 
 async fn delete_run(
@@ -374,6 +397,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: ContainersApi) {
         .service(
             web::resource("/api/v1/containers/runs/{run_id}/logs")
                 .route(web::get().to(logs))
+                .default_service(not_allowed("GET")),
+        )
+        .service(
+            web::resource("/api/v1/containers/runs/{run_id}/artifacts")
+                .route(web::get().to(artifacts))
                 .default_service(not_allowed("GET")),
         )
         .service(

@@ -45,19 +45,23 @@ pub struct RunPlan {
     pub secrets: Secrets,
     /// Written into the container before its command starts.
     pub files: Vec<FileSpec>,
+    /// Archived after its command ends (under its writable locations).
+    pub artifacts: Vec<String>,
 }
 
-/// A run's workdir when it gives files and neither it nor its profile
-/// names one.
+/// A run's workdir when it gives files or artifacts and neither it nor
+/// its profile names one.
 pub const DEFAULT_WORKDIR: &str = "/workspace";
 
-/// Where a run's files may go: under its workdir (a per-run volume unless
-/// a mount is there) or `/tmp` (a per-run volume instead of the tmpfs).
+/// Where a run's files and artifacts may be: under its workdir (a
+/// per-run volume unless a mount is there) or `/tmp` (a per-run volume
+/// instead of the tmpfs, so it outlives the command's exit).
 fn place_files(
     files: &[(String, Vec<u8>, u32)],
+    artifacts: &[String],
     spec: &mut ContainerSpec,
 ) -> Result<Vec<FileSpec>, ErrorDetail> {
-    if files.is_empty() {
+    if files.is_empty() && artifacts.is_empty() {
         return Ok(Vec::new());
     }
     let dir = spec
@@ -65,8 +69,13 @@ fn place_files(
         .clone()
         .unwrap_or_else(|| DEFAULT_WORKDIR.to_owned());
     if !crate::contract::run::plain_absolute_path(&dir) {
+        let what = if files.is_empty() {
+            "artifacts"
+        } else {
+            "files"
+        };
         return Err(bad(format!(
-            "files need a workdir that is a plain absolute path below /, not {dir:?}"
+            "{what} need a workdir that is a plain absolute path below /, not {dir:?}"
         )));
     }
     let under = |path: &str, root: &str| {
@@ -84,6 +93,17 @@ fn place_files(
         } else {
             return Err(bad(format!(
                 "files: {path} is outside the run's writable locations ({dir} and /tmp)"
+            )));
+        }
+    }
+    for path in artifacts {
+        if under(path, "/tmp") || path == "/tmp" {
+            in_tmp = true;
+        } else if under(path, &dir) || *path == dir {
+            in_workdir = true;
+        } else {
+            return Err(bad(format!(
+                "artifacts: {path} is outside the run's writable locations ({dir} and /tmp)"
             )));
         }
     }
@@ -284,7 +304,8 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         dns: vec![],
         volumes: vec![],
     };
-    let files = place_files(&req.spec.file_bytes()?, &mut spec)?;
+    let artifacts = req.spec.artifact_paths()?;
+    let files = place_files(&req.spec.file_bytes()?, &artifacts, &mut spec)?;
     Ok(RunPlan {
         run_id,
         owner: owner.to_owned(),
@@ -299,6 +320,7 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         sandbox: egress,
         secrets,
         files,
+        artifacts,
     })
 }
 

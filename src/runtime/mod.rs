@@ -5,6 +5,7 @@
 //! Podman's Docker-compatible API, [`fake::FakeRuntime`] in memory for
 //! actor tests.
 
+pub mod archive;
 pub mod docker;
 pub mod fake;
 pub mod liveness;
@@ -161,6 +162,11 @@ pub fn not_runnable(message: &str) -> Option<(i64, String)> {
     Some((code, reason.to_owned()))
 }
 
+/// A path copied out of a container: the engine's tar of it as read
+/// (`true` beside it: the archive went on past what was read), `None`
+/// when the path does not exist.
+pub type Download = Option<(Vec<u8>, bool)>;
+
 /// What the worker needs from a container engine.
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// The provider name runs report (`docker`, `podman`, `fake`).
@@ -259,6 +265,19 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         _files: &[FileSpec],
     ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
         refuse(self.provider(), "copy files into containers", container)
+    }
+
+    /// A path of a container (running or stopped) as the engine archives
+    /// it (tar, named from the path's base name), read up to `max` bytes:
+    /// `None` when the path does not exist; `true` beside the bytes when
+    /// the archive went on past `max`.
+    fn download(
+        &self,
+        container: &str,
+        _path: &str,
+        _max: usize,
+    ) -> LocalBoxFuture<'static, Result<Download, RuntimeError>> {
+        refuse(self.provider(), "copy files out of containers", container)
     }
 
     /// Every network labelled as managed by `worker_id` (by id; `run_id`

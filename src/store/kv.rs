@@ -37,13 +37,7 @@ fn key(run_id: &str) -> String {
 impl KvStore {
     /// Connects to `url` and opens (creating) `bucket`.
     pub async fn open(url: &str, bucket: &str) -> Result<Self, StoreError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("bus-ledger")
-            .retry_on_initial_connect()
-            .connect(url)
-            .await
-            .map_err(|e| err(format!("NATS {url}: {e}")))?;
-        let js = async_nats::jetstream::new(client);
+        let js = super::jetstream(url, "bus-ledger").await?;
         let kv = crate::broker::work_queue::key_value(&js, bucket, Duration::ZERO)
             .await
             .map_err(err)?;

@@ -2,6 +2,7 @@
 //! request is published and completed after. `RunStore` is the seam; the
 //! embedded default is a SQLite file ([`sqlite::SqliteStore`]).
 
+pub mod artifacts;
 pub mod kv;
 pub mod sqlite;
 
@@ -119,3 +120,18 @@ pub trait RunStore: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn RunStore>;
+
+/// JetStream at `url` for a store (the ledger's KV bucket, the artifacts'
+/// object store), retrying the first connection.
+pub async fn jetstream(
+    url: &str,
+    name: &str,
+) -> Result<async_nats::jetstream::Context, StoreError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|e| StoreError(format!("NATS {url}: {e}")))?;
+    Ok(async_nats::jetstream::new(client))
+}

@@ -26,6 +26,7 @@ mod nats_scale;
 mod podman_worker;
 mod router;
 mod router_processes;
+mod run_artifacts;
 mod run_bytes;
 mod sandbox;
 mod server_flags;

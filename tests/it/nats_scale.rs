@@ -328,6 +328,39 @@ async fn two_providers_two_routers_two_workers_share_200_runs_and_a_nats_restart
     )
     .await;
     assert_eq!((s, r["state"].as_str()), (200, Some("succeeded")), "{r}");
+    // One archive store: a run's artifacts made through A download
+    // through B (the object store beside the KV ledger, not a data dir).
+    let body = json!({"profile": "codex", "args": ["sh", "-c", "printf shared > /tmp/a.txt"],
+        "artifacts": ["/tmp/a.txt"], "timeout_seconds": 60});
+    let (s, _, kept) = call(
+        "POST",
+        &format!("{}/api/v1/containers/runs", a.url()),
+        Some(&t),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(
+        (s, kept["state"].as_str()),
+        (200, Some("succeeded")),
+        "{kept}"
+    );
+    let kept_id = kept["run_id"].as_str().unwrap();
+    let (s, tar) = crate::support::api::get_bytes(
+        &format!("{}/api/v1/containers/runs/{kept_id}/artifacts", b.url()),
+        &t,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!(entry.path().unwrap().display().to_string(), "tmp/a.txt");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+    assert_eq!(text, "shared");
+    assert!(
+        !dir.path().join(format!("artifacts/{kept_id}.tar")).exists(),
+        "with a KV ledger the archive is in the object store"
+    );
 
     // NATS restarted under load: every process's readiness drops and
     // recovers, and every run of the load ends in exactly one state.

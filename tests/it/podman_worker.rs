@@ -49,6 +49,30 @@ async fn podman_runs_times_out_feeds_stdin_and_cleans_up() {
     assert_eq!(filed["state"], "succeeded", "{filed}");
     assert_eq!(filed["stdout"], b64(&bytes), "exact bytes on Podman");
     assert_eq!(filed["stderr"], b64(b"700\n"), "{filed}");
+    // Artifacts after the exit, from the run's volumes, on Podman too.
+    let kept = f
+        .run(json!({"profile": "codex",
+            "args": ["sh", "-c", "cp /workspace/d/in.bin /tmp/out.bin"],
+            "files": [{"path": "/workspace/d/in.bin", "content_base64": b64(&bytes)}],
+            "artifacts": ["/tmp/out.bin", "/workspace/d"]}))
+        .await;
+    assert_eq!(kept["artifacts"]["truncated"], false, "{kept}");
+    let tar = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(kept["artifacts_tar_base64"].as_str().unwrap())
+            .unwrap()
+    };
+    let mut names = std::collections::BTreeMap::new();
+    for e in tar::Archive::new(tar.as_slice()).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        names.insert(name, data);
+    }
+    assert!(names["tmp/out.bin"] == bytes, "{:?}", names.keys());
+    assert!(names["workspace/d/in.bin"] == bytes, "{:?}", names.keys());
     // As `docker run`: not in the image 127, not executable 126.
     for (command, code) in [("no-such-command", 127), ("/etc", 126)] {
         let r = f.run(json!({"profile": "codex", "args": [command]})).await;

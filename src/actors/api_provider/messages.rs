@@ -101,6 +101,15 @@ pub struct DeleteRun {
     pub owner: String,
 }
 
+/// `GET /runs/{id}/artifacts`: the run's artifact archive (tar), its
+/// owner's only.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, ProviderError>")]
+pub struct GetArtifacts {
+    pub run_id: String,
+    pub owner: String,
+}
+
 /// `POST /runs/{id}/input`.
 #[derive(Message)]
 #[rtype(result = "Result<InputAccepted, ProviderError>")]

@@ -129,6 +129,8 @@ pub struct ApiProvider {
     ended_order: VecDeque<String>,
     /// What `status` answered lately.
     status_cache: status_cache::StatusCache,
+    /// Where runs' artifact archives are kept (none: not kept).
+    artifacts: Option<crate::store::artifacts::SharedArtifacts>,
 }
 
 /// Says whether something this actor depends on is up.
@@ -160,7 +162,14 @@ impl ApiProvider {
             ended: HashMap::new(),
             ended_order: VecDeque::new(),
             status_cache: Default::default(),
+            artifacts: None,
         }
+    }
+
+    /// Keeps runs' artifact archives in `artifacts`.
+    pub fn with_artifacts(mut self, artifacts: crate::store::artifacts::SharedArtifacts) -> Self {
+        self.artifacts = Some(artifacts);
+        self
     }
 
     /// Judges its bus connection by `ready` (a worker's silence means

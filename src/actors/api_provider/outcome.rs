@@ -91,11 +91,21 @@ impl ApiProvider {
         let (owner, worker) = (run.owner.clone(), run.worker_id.clone());
         let ledger = Ledger::new(self.store.clone(), self.ledger_health.clone());
         let run_id = run_id.to_owned();
-        let recorded = reply.clone();
+        let artifacts = self.artifacts.clone();
         ctx.spawn(
-            async move { ledger.complete(&run_id, state, &recorded).await }
-                .into_actor(self)
-                .map(move |present, act, _| {
+            async move {
+                // The archive is kept first, so a recorded result's
+                // artifacts can be downloaded; the record never holds it.
+                let reply = keep_artifacts(artifacts.clone(), &run_id, reply).await;
+                let present = ledger.complete(&run_id, state, &reply).await;
+                if let (false, Some(store)) = (present.1, &artifacts) {
+                    // Deleted meanwhile: its archive goes with it.
+                    let _ = store.remove(&run_id).await;
+                }
+                (present, reply)
+            }
+            .into_actor(self)
+            .map(move |(present, reply), act, _| {
                     let run_id = present.0;
                     if !present.1 {
                         act.metrics.late_results.inc();
@@ -313,6 +323,53 @@ impl Handler<Incoming<ResultPart>> for ApiProvider {
             self.on_result(&run_id, &corr, whole, worker, ctx);
         }
     }
+}
+
+/// Takes a result's archive out of it and keeps it in `artifacts`
+/// (saying in `artifacts.error` when it could not be kept).
+async fn keep_artifacts(
+    artifacts: Option<crate::store::artifacts::SharedArtifacts>,
+    run_id: &str,
+    mut reply: Reply<RunResult>,
+) -> Reply<RunResult> {
+    let Reply::Ok(result) = &mut reply else {
+        return reply;
+    };
+    let Some(b64) = result.artifacts_tar_base64.take() else {
+        return reply;
+    };
+    let kept = match (
+        artifacts,
+        base64::engine::general_purpose::STANDARD.decode(b64),
+    ) {
+        (None, _) => Err("this API provider keeps no artifacts".to_owned()),
+        (_, Err(e)) => Err(format!("the archive was not base64: {e}")),
+        (Some(store), Ok(tar)) => {
+            let mut wait = std::time::Duration::from_millis(250);
+            let mut tries = 0;
+            loop {
+                match store.put(run_id, tar.clone()).await {
+                    Ok(()) => break Ok(()),
+                    Err(e) if tries >= 4 => {
+                        break Err(format!("the archive could not be kept: {e}"))
+                    }
+                    Err(e) => {
+                        tracing::warn!(run_id, error = %e, "could not keep a run's artifacts; retrying");
+                        tries += 1;
+                        actix_rt::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                }
+            }
+        }
+    };
+    if let Err(why) = kept {
+        tracing::error!(run_id, error = %why, "a run's artifacts were not kept");
+        if let Some(summary) = &mut result.artifacts {
+            summary.error = Some(why);
+        }
+    }
+    reply
 }
 
 fn assemble_if_ready(run: &mut super::table::LiveRun) -> Option<Reply<RunResult>> {

@@ -4,7 +4,8 @@
 
 use super::backend::ask;
 use super::messages::{
-    DeleteRun, GetRun, ListRuns, RunPage, RunSummary, RunView, SendInput, WaitRun, Waited,
+    DeleteRun, GetArtifacts, GetRun, ListRuns, RunPage, RunSummary, RunView, SendInput, WaitRun,
+    Waited,
 };
 use super::{ApiProvider, ProviderError};
 use crate::contract::replies::{DeleteRequest, Deleted, InputAccepted, InputRequest};
@@ -145,6 +146,7 @@ impl Handler<DeleteRun> for ApiProvider {
             self.store.clone(),
             self.config.default_timeout,
         );
+        let artifacts = self.artifacts.clone();
         Box::pin(owned.into_actor(self).then(move |record, act, _| {
             let worker = record.as_ref().ok().and_then(|r| act.worker_of(r));
             async move {
@@ -164,6 +166,12 @@ impl Handler<DeleteRun> for ApiProvider {
                     }
                 }
                 store.delete(&msg.run_id).await?;
+                if let Some(artifacts) = artifacts {
+                    // One that fails here goes at the next sweep.
+                    if let Err(e) = artifacts.remove(&msg.run_id).await {
+                        tracing::warn!(run_id = %msg.run_id, error = %e, "a deleted run's artifacts were not removed yet");
+                    }
+                }
                 Ok(Deleted {
                     deleted: true,
                     run_id: msg.run_id,
@@ -183,6 +191,21 @@ impl Handler<DeleteRun> for ApiProvider {
                 deleted
             })
         }))
+    }
+}
+
+impl Handler<GetArtifacts> for ApiProvider {
+    type Result = ResponseFuture<Result<Vec<u8>, ProviderError>>;
+
+    fn handle(&mut self, msg: GetArtifacts, _: &mut Self::Context) -> Self::Result {
+        let owned = self.owned(&msg.run_id, &msg.owner);
+        let artifacts = self.artifacts.clone();
+        Box::pin(async move {
+            owned.await?;
+            let none = || ProviderError::NotFound(format!("run {} kept no artifacts", msg.run_id));
+            let store = artifacts.ok_or_else(none)?;
+            store.get(&msg.run_id).await?.ok_or_else(none)
+        })
     }
 }
 

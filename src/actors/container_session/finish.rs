@@ -4,10 +4,10 @@
 
 use super::{ContainerSession, Kill, Phase, SessionNote};
 use crate::actors::egress_sandbox::Teardown;
-use crate::contract::run::{RunDetails, RuntimeInfo};
+use crate::contract::run::{ArtifactsSummary, RunDetails, RuntimeInfo};
 use crate::contract::{ErrorDetail, ErrorType, Reply, RunResult};
 use crate::planning::outcome::Ending;
-use crate::runtime::RuntimeError;
+use crate::runtime::{RuntimeError, SharedRuntime};
 use actix::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -188,6 +188,8 @@ impl ContainerSession {
             profile: self.plan.profile.clone(),
             reason: None,
             details: None,
+            artifacts: None,
+            artifacts_tar_base64: None,
             result_parts: None,
         }
     }
@@ -212,9 +214,24 @@ impl ContainerSession {
         if self.exec_id.is_some() {
             self.reply(reply.clone());
         }
+        // A run's artifacts are archived before its container goes (they
+        // are on its per-run volumes, so a stopped container still has them).
+        let artifacts = match (&reply, &container) {
+            (Reply::Ok(_), Some(id))
+                if self.exec_id.is_none() && !self.plan.artifacts.is_empty() =>
+            {
+                Some((id.clone(), self.plan.artifacts.clone()))
+            }
+            _ => None,
+        };
+        let cap = self.cx.artifact_cap;
         let runtime = self.cx.runtime.clone();
         ctx.wait(
             async move {
+                let archived = match artifacts {
+                    Some((id, paths)) => Some(archive(&runtime, &id, &paths, cap).await),
+                    None => None,
+                };
                 let remove = async {
                     if let Some(id) = container {
                         if let Err(e) = runtime.remove(&id).await {
@@ -230,19 +247,47 @@ impl ContainerSession {
                         None => None,
                     }
                 };
-                futures::join!(remove, teardown).1
+                (futures::join!(remove, teardown).1, archived)
             }
             .into_actor(self)
-            .map(move |egress, act, ctx| {
+            .map(move |(egress, archived), act, ctx| {
                 let mut reply = reply;
                 if let (Some(egress), Reply::Ok(result)) = (egress, &mut reply) {
                     result.details = Some(RunDetails {
                         egress: Some(egress),
                     });
                 }
+                if let (Some((tar, summary)), Reply::Ok(result)) = (archived, &mut reply) {
+                    tracing::info!(run_id = %result.run_id, bytes = summary.bytes, truncated = summary.truncated, missing = summary.missing.len(), "artifacts archived");
+                    result.artifacts_tar_base64 = (!tar.is_empty())
+                        .then(|| crate::contract::bytes::base64_encode(&tar));
+                    result.artifacts = Some(summary);
+                }
                 act.reply(reply);
                 ctx.stop();
             }),
         );
     }
+}
+
+/// The archive of a run's artifact `paths` in container `id`, at most
+/// `cap` bytes, and what became of each path.
+async fn archive(
+    runtime: &SharedRuntime,
+    id: &str,
+    paths: &[String],
+    cap: usize,
+) -> (Vec<u8>, ArtifactsSummary) {
+    let mut packer = crate::runtime::archive::Packer::new(cap);
+    for path in paths {
+        if packer.truncated() {
+            // Past the limit: the rest are neither archived nor missing.
+            break;
+        }
+        match runtime.download(id, path, packer.room()).await {
+            Ok(download) => packer.add(path, download),
+            Err(e) => packer.failed(path, format!("{path}: {e}")),
+        }
+    }
+    packer.finish()
 }

@@ -77,6 +77,8 @@ pub struct SessionContext {
     pub runner_name: String,
     pub engine_version: Option<String>,
     pub output_cap: usize,
+    /// The largest archive of a run's artifacts.
+    pub artifact_cap: usize,
     /// Publishes `<prefix>.run.started` and `<prefix>.run.output`.
     pub publisher: crate::actors::bus::requester::Requester,
     pub prefix: String,

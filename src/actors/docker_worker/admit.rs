@@ -207,12 +207,14 @@ impl DockerWorker {
     ) {
         // A profile run takes an idle pooled container when one is ready
         // (the pool is made per profile; explicit-image runs go cold, and
-        // so do runs with files: they are written before the start).
+        // so do runs with files, written before the start, and with
+        // artifacts, archived from per-run volumes after the exit).
         let poolable = plan.profile.as_ref().filter(|p| {
             self.pool_config.sizes.contains_key(*p)
                 && !plan.spec.command.is_empty()
                 && plan.sandbox.is_none()
                 && plan.files.is_empty()
+                && plan.artifacts.is_empty()
         });
         if let (Some(profile), Some(pool)) = (poolable, &self.pool) {
             self.pending += 1;
@@ -252,6 +254,7 @@ impl DockerWorker {
             runner_name: self.config.runner_name.clone(),
             engine_version: self.engine_version.clone(),
             output_cap: self.config.settings.config.worker.output_cap_bytes,
+            artifact_cap: self.config.settings.config.worker.max_artifact_bytes,
             publisher: self.publisher.clone(),
             prefix: self.config.prefix.clone(),
             sandbox: self.config.seats.sandbox.clone(),

@@ -75,6 +75,7 @@ pub fn split(
         stdout: String::new(),
         stderr: String::new(),
         details: None,
+        artifacts_tar_base64: None,
         result_parts: Some(parts.len() as u32),
         ..result.clone()
     };
@@ -279,7 +280,28 @@ impl Handler<Incoming<Result<RunQuery, Malformed>>> for DockerWorker {
         let reply = match (self.sessions.get(&q.run_id), self.retained.get(&q.run_id)) {
             (Some(live), _) if live.owner == owner => answer(RunFate::Running, None),
             (_, Some(kept)) if kept.owner == owner => {
-                answer(RunFate::Finished, Some(Box::new(kept.reply.clone())))
+                // A result too large for one message: the answer is its
+                // summary, and its parts follow (as when it is sent again).
+                let limit = self.publisher.broker().max_payload();
+                let summary = match &kept.reply {
+                    Reply::Ok(result) => {
+                        let (parts, summary) = split(encode(result), result, limit);
+                        (!parts.is_empty())
+                            .then(|| serde_json::from_value::<RunResult>(summary).ok())
+                            .flatten()
+                    }
+                    Reply::Err(_) => None,
+                };
+                match summary {
+                    Some(summary) => {
+                        let run_id = q.run_id.clone();
+                        ctx.run_later(Duration::ZERO, move |act, ctx| {
+                            act.send_result(&run_id, ctx)
+                        });
+                        answer(RunFate::Finished, Some(Box::new(Reply::Ok(summary))))
+                    }
+                    None => answer(RunFate::Finished, Some(Box::new(kept.reply.clone()))),
+                }
             }
             _ if named_me => answer(RunFate::Unknown, None),
             // Not ours to say: the holder answers.

@@ -1,5 +1,6 @@
 //! `bus containers ...`: the end-user client of the containers REST API.
 
+mod artifacts;
 mod client;
 mod output;
 mod run;
@@ -87,6 +88,15 @@ pub enum ContainersCommand {
     },
     /// Wait for a run to finish; exits like `run`.
     Wait { run_id: String },
+    /// Download a run's artifacts: the tar archive to -o FILE.tar (or a
+    /// pipe), or extracted into -x DIR (paths keep their full names:
+    /// /workspace/out is DIR/workspace/out).
+    Artifacts {
+        run_id: String,
+        /// Extract the archive into this directory (created if missing).
+        #[arg(short = 'x', long = "extract", value_name = "DIR")]
+        extract: Option<PathBuf>,
+    },
 }
 
 fn api_url(args: &ContainersArgs) -> String {
@@ -370,6 +380,9 @@ async fn dispatch(
                 }
             }
             Ok(if follow { code } else { 0 })
+        }
+        ContainersCommand::Artifacts { run_id, extract } => {
+            artifacts::download(&client, out, &run_id, extract).await
         }
         ContainersCommand::Wait { run_id } => {
             let v = run::poll_result(&client, &run_id)

@@ -27,6 +27,8 @@ pub struct Out {
     pub format: Format,
     pub quiet: bool,
     pub color: bool,
+    /// Output goes to a terminal (not `-o FILE`, not a pipe).
+    pub to_terminal: bool,
     sink: Box<dyn Write>,
 }
 
@@ -56,6 +58,7 @@ impl Out {
             format,
             quiet,
             color,
+            to_terminal: file.is_none() && std::io::stdout().is_terminal(),
             sink,
         })
     }

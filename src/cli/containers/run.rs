@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// LOCAL's name). Repeatable.
     #[arg(long = "file", value_name = "LOCAL[:PATH]")]
     pub files: Vec<String>,
+    /// Archive this path (under the workdir or /tmp) after the command
+    /// ends, kept with the run: `bus containers artifacts RUN_ID -x DIR`
+    /// downloads it. Repeatable.
+    #[arg(long = "artifact", value_name = "PATH")]
+    pub artifacts: Vec<String>,
     /// The command (after `--`). A flag this command does not know, before
     /// `--`, is a usage error.
     #[arg(trailing_var_arg = true)]
@@ -118,6 +123,16 @@ impl RunArgs {
         }
         if !files.is_empty() {
             body["files"] = json!(files);
+        }
+        for path in &self.artifacts {
+            if !crate::contract::run::plain_absolute_path(path) {
+                return Err(Failure::usage(format!(
+                    "--artifact {path:?}: give an absolute path without '.' or '..' parts"
+                )));
+            }
+        }
+        if !self.artifacts.is_empty() {
+            body["artifacts"] = json!(self.artifacts);
         }
         Ok(body)
     }
@@ -468,5 +483,20 @@ pub async fn run(client: Client, out: &mut Out, args: RunArgs) -> Result<u8, Fai
         return Err(Failure::with_code(EXIT_PLATFORM, message));
     }
     print_result(out, &result)?;
+    if let Some(a) = result
+        .get("artifacts")
+        .filter(|_| !out.quiet && out.format == Format::Text)
+    {
+        if std::io::stderr().is_terminal() {
+            let state = match a["truncated"].as_bool() {
+                Some(true) => " (truncated at the size limit)",
+                _ => "",
+            };
+            eprintln!(
+                "bus: artifacts: {} bytes{state}; download: bus containers artifacts {run_id} -x DIR",
+                a["bytes"]
+            );
+        }
+    }
     Ok(exit_code_of(&result))
 }

@@ -1,5 +1,6 @@
 //! Files copied into a created container (as tar archives, one per
-//! directory they are extracted under).
+//! directory they are extracted under), and paths copied out of a
+//! finished one (artifacts).
 
 use super::*;
 
@@ -103,6 +104,37 @@ impl DockerRuntime {
                     .map_err(map_err)?;
             }
             Ok(())
+        }
+        .boxed_local()
+    }
+
+    pub(super) fn download_on_engine(
+        &self,
+        container: &str,
+        path: &str,
+        max: usize,
+    ) -> LocalBoxFuture<'static, Result<Download, RuntimeError>> {
+        let this = self.clone();
+        let (container, path) = (container.to_owned(), path.to_owned());
+        async move {
+            let client = this.ready_client().await?;
+            let mut stream = std::pin::pin!(client
+                .download_from_container(&container, Some(DownloadFromContainerOptions { path })));
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                match chunk.map_err(map_err) {
+                    Ok(bytes) => {
+                        if out.len() + bytes.len() > max {
+                            out.extend_from_slice(&bytes[..max - out.len()]);
+                            return Ok(Some((out, true)));
+                        }
+                        out.extend_from_slice(&bytes);
+                    }
+                    Err(RuntimeError::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Some((out, false)))
         }
         .boxed_local()
     }

@@ -15,8 +15,8 @@ use managed::label_filter;
 
 use crate::runtime::FileSpec;
 use crate::runtime::{
-    labels, Attached, Chunk, ContainerRuntime, ContainerSpec, EngineInfo, ExecSpec, ExitInfo,
-    Managed, OutputStream, RuntimeError,
+    labels, Attached, Chunk, ContainerRuntime, ContainerSpec, Download, EngineInfo, ExecSpec,
+    ExitInfo, Managed, OutputStream, RuntimeError,
 };
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
@@ -26,8 +26,9 @@ use bollard::models::{
     NetworkCreateRequest, ResourcesUlimits,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
-    ListContainersOptions, ListNetworksOptions, RemoveContainerOptions, UploadToContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
+    DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
+    RemoveContainerOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
 use futures::future::LocalBoxFuture;
@@ -440,6 +441,15 @@ impl ContainerRuntime for DockerRuntime {
         files: &[FileSpec],
     ) -> LocalBoxFuture<'static, Result<(), RuntimeError>> {
         self.upload_on_engine(container, files)
+    }
+
+    fn download(
+        &self,
+        container: &str,
+        path: &str,
+        max: usize,
+    ) -> LocalBoxFuture<'static, Result<Download, RuntimeError>> {
+        self.download_on_engine(container, path, max)
     }
 
     fn list_managed_networks(

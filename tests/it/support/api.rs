@@ -141,6 +141,7 @@ impl Api {
             opts,
             Secrets::new(SECRET.to_vec(), None),
             store.clone(),
+            None,
             bus,
             listener,
             bus_containers::metrics::Metrics::new(),
@@ -219,4 +220,14 @@ pub async fn post_until_ok(
         actix_rt::time::sleep(every).await;
     }
     last
+}
+
+/// A GET of raw bytes (an archive): status and body.
+pub async fn get_bytes(url: &str, token: &str) -> (u16, Vec<u8>) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let mut resp = client.get(url).bearer_auth(token).send().await.unwrap();
+    let bytes = resp.body().limit(256 << 20).await.unwrap();
+    (resp.status().as_u16(), bytes.to_vec())
 }

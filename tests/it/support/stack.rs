@@ -36,6 +36,9 @@ pub struct StackOpts {
     pub small_data_dir: Option<usize>,
     /// More flags of the API provider's command line.
     pub api_args: Vec<String>,
+    /// More flags and environment of the worker's command line.
+    pub worker_args: Vec<String>,
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Default for StackOpts {
@@ -46,6 +49,8 @@ impl Default for StackOpts {
             nats: false,
             small_data_dir: None,
             api_args: Vec::new(),
+            worker_args: Vec::new(),
+            worker_env: Vec::new(),
         }
     }
 }
@@ -208,6 +213,8 @@ impl Stack {
                     .args(["--worker-id", &self.worker_id, "--config", &self.config()])
                     .args(["--addr", "127.0.0.1:0", "--events-url", &self.bus_url])
                     .args(["--reap-interval", "2s", "--nats-ack-wait", "6s"])
+                    .args(&self.opts.worker_args)
+                    .envs(self.opts.worker_env.iter().cloned())
                     .arg("--codex-workspace-host-path")
                     .arg(&self.workspace)
                     .env(

@@ -1,0 +1,352 @@
+//! A run's `artifacts` (`containers-api.md`, "Bytes, files and
+//! artifacts"): archived after the command ends (timeouts included),
+//! kept with the record, downloadable by its owner only, cut whole at the
+//! size limit; through `bus dev`, the CLI, and the multi-process stack
+//! over the Events API and NATS.
+
+use crate::dev_stack::{containers, start_dev_with, Dev};
+use crate::run_bytes::random_bytes;
+use crate::support::api::call;
+use crate::support::bus;
+use crate::support::docker::engine;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn token(dev: &Dev) -> String {
+    std::fs::read_to_string(dev.config_dir.path().join("auth/api-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// The regular files (and directories, as empty) of a tar archive.
+fn entries(tar: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let mut archive = tar::Archive::new(tar);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+/// GET of a run's artifacts: status and body bytes.
+async fn download(url: &str, run_id: &str, token: &str) -> (u16, Vec<u8>, Option<String>) {
+    let client = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .finish();
+    let mut resp = client
+        .get(format!("{url}/api/v1/containers/runs/{run_id}/artifacts"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let kind = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.body().limit(256 << 20).await.unwrap();
+    (resp.status().as_u16(), body.to_vec(), kind)
+}
+
+#[actix_rt::test]
+async fn artifacts_come_back_exactly_to_their_owner_only() {
+    if engine().await.is_none() {
+        return;
+    }
+    let dev = start_dev_with(&["--max-artifact-bytes", "300000"], &[], |_| {});
+    let owner = token(&dev);
+    let runs = format!("{}/api/v1/containers/runs", dev.url);
+    let data = random_bytes(200_000, 29);
+
+    // A 200 kB file in, and back out as an artifact, byte for byte.
+    let body = json!({
+        "profile": "codex",
+        "args": ["sh", "-c", "mkdir -p out/deep && cp in.bin out/deep/copy.bin && printf rep > /tmp/report.txt && chmod 0750 out/deep/copy.bin"],
+        "files": [{"path": "/workspace/in.bin", "content_base64": b64(&data)}],
+        "artifacts": ["/workspace/out", "/tmp/report.txt", "/workspace/none"],
+        "timeout_seconds": 60,
+    });
+    let (status, _, result) = call("POST", &runs, Some(&owner), Some(&body.to_string())).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["state"], "succeeded", "{result}");
+    let a = &result["artifacts"];
+    assert_eq!(
+        a["paths"],
+        json!(["/workspace/out", "/tmp/report.txt"]),
+        "{a}"
+    );
+    assert_eq!(a["missing"], json!(["/workspace/none"]), "{a}");
+    assert_eq!(a["truncated"], false, "{a}");
+    assert!(
+        result.get("artifacts_tar_base64").is_none(),
+        "the archive itself is never in the result"
+    );
+    let run_id = result["run_id"].as_str().unwrap().to_owned();
+    let (status, tar, kind) = download(&dev.url, &run_id, &owner).await;
+    assert_eq!(status, 200);
+    assert_eq!(kind.as_deref(), Some("application/x-tar"));
+    assert_eq!(a["bytes"], tar.len(), "{a}");
+    let got = entries(&tar);
+    assert!(
+        got["workspace/out/deep/copy.bin"] == data,
+        "the artifact's exact bytes"
+    );
+    assert_eq!(got["tmp/report.txt"], b"rep");
+    let mode = tar::Archive::new(tar.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().ends_with("copy.bin"))
+        .map(|e| e.header().mode().unwrap())
+        .unwrap();
+    assert_eq!(mode & 0o777, 0o750, "modes are kept");
+    // The record says the same; the file lives in the data directory.
+    let (_, _, record) = call("GET", &format!("{runs}/{run_id}"), Some(&owner), None).await;
+    assert_eq!(record["result"]["artifacts"], *a, "{record}");
+    let kept = dev.data.path().join(format!("artifacts/{run_id}.tar"));
+    assert_eq!(std::fs::read(&kept).unwrap(), tar);
+
+    // A timed-out run's artifacts are archived too.
+    let body = json!({
+        "profile": "codex",
+        "args": ["sh", "-c", "echo partial > /tmp/p.txt; sleep 60"],
+        "artifacts": ["/tmp/p.txt"],
+        "timeout_seconds": 2,
+    });
+    let (_, _, timed) = call("POST", &runs, Some(&owner), Some(&body.to_string())).await;
+    assert_eq!(timed["state"], "timed_out", "{timed}");
+    let (status, tar, _) = download(&dev.url, timed["run_id"].as_str().unwrap(), &owner).await;
+    assert_eq!(status, 200);
+    assert_eq!(entries(&tar)["tmp/p.txt"], b"partial\n");
+
+    // Past the limit: the archive stops whole, and says truncated.
+    let body = json!({
+        "profile": "codex",
+        "args": ["sh", "-c", "mkdir big; for i in 1 2 3 4; do head -c 100000 /dev/zero > big/$i; done"],
+        "artifacts": ["/workspace/big"],
+        "timeout_seconds": 60,
+    });
+    let (_, _, big) = call("POST", &runs, Some(&owner), Some(&body.to_string())).await;
+    assert_eq!(big["state"], "succeeded", "{big}");
+    assert_eq!(big["artifacts"]["truncated"], true, "{big}");
+    let (_, tar, _) = download(&dev.url, big["run_id"].as_str().unwrap(), &owner).await;
+    assert!(tar.len() <= 300_000, "{} bytes", tar.len());
+    let files = entries(&tar);
+    let whole = files.values().filter(|d| d.len() == 100_000).count();
+    assert!(
+        (1..4).contains(&whole),
+        "some files fit, whole: {:?}",
+        files.keys()
+    );
+
+    // Refusals: a path outside the writable locations, a bad path.
+    for (paths, says) in [
+        (json!(["/etc"]), "outside the run's writable locations"),
+        (json!(["/workspace/../etc"]), "without '.', '..'"),
+        (json!("/workspace"), "expected a sequence"),
+    ] {
+        let body = json!({"profile": "codex", "args": ["true"], "artifacts": paths});
+        let (status, _, v) = call("POST", &runs, Some(&owner), Some(&body.to_string())).await;
+        assert_eq!(status, 400, "{paths}: {v}");
+        assert_eq!(v["error"]["type"], "bad_request", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{paths}: {v}"
+        );
+    }
+    // A run that kept none: 404.
+    let (_, _, plain) = call(
+        "POST",
+        &runs,
+        Some(&owner),
+        Some(&json!({"profile": "codex", "args": ["true"]}).to_string()),
+    )
+    .await;
+    let (status, body, _) = download(&dev.url, plain["run_id"].as_str().unwrap(), &owner).await;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+
+    // The CLI: --file and --artifact, then `artifacts -x` and `-o`.
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("seed.bin"), &data).unwrap();
+    let out = containers(&dev)
+        .current_dir(local.path())
+        .args(["--format", "json", "run", "--profile", "codex"])
+        .args(["--file", "seed.bin", "--artifact", "/workspace/result"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "mkdir result && rev < seed.bin > /dev/null; cp seed.bin result/",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli_run = v["run_id"].as_str().unwrap().to_owned();
+    let dir = local.path().join("x");
+    let out = containers(&dev)
+        .args(["artifacts", &cli_run, "-x"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(dir.join("workspace/result/seed.bin")).unwrap() == data);
+    let file = local.path().join("a.tar");
+    let out = containers(&dev)
+        .args(["artifacts", &cli_run, "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(entries(&std::fs::read(&file).unwrap())["workspace/result/seed.bin"] == data);
+    let bad = containers(&dev)
+        .args([
+            "run",
+            "--profile",
+            "codex",
+            "--artifact",
+            "rel",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a usage error: {bad:?}");
+
+    // Another account: refused, and nothing of the archive shows.
+    let minted = bus()
+        .args([
+            "auth",
+            "token",
+            "--subject",
+            "someone-else",
+            "--scope",
+            "container:read",
+        ])
+        .env("BUS_CONFIG_DIR", dev.config_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let other = token(&dev);
+    assert_ne!(other, owner);
+    let (status, body, _) = download(&dev.url, &run_id, &other).await;
+    assert!([403, 404].contains(&status), "{status}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["error"]["type"].is_string(), "{v}");
+    let other_cli = containers(&dev)
+        .args(["artifacts", &run_id, "-o"])
+        .arg(local.path().join("other.tar"))
+        .output()
+        .unwrap();
+    assert!(!other_cli.status.success());
+
+    // Deleting the run removes its archive.
+    let (status, _, _) = call("DELETE", &format!("{runs}/{run_id}"), Some(&owner), None).await;
+    assert_eq!(status, 200);
+    assert!(!kept.exists(), "the archive went with its record");
+    let (status, _, _) = download(&dev.url, &run_id, &owner).await;
+    assert_eq!(status, 404);
+    eprintln!("run artifacts: 200 kB in and out exactly, owner only, truncated at the limit, removed with the record");
+}
+
+/// A 3 MB artifact out, and a file in, over the Events API and over
+/// NATS: the archive travels in the result's parts (no message over the
+/// bus's limit); the worker's `--max-artifact-bytes` (and its variable)
+/// cut the archive.
+#[actix_rt::test]
+async fn artifacts_across_the_events_api_and_nats() {
+    use crate::support::stack::{Stack, StackOpts};
+    if engine().await.is_none() {
+        return;
+    }
+    for nats in [false, true] {
+        let shape = if nats { "NATS" } else { "the Events API" };
+        // The worker's limit, by flag on one shape and by environment on
+        // the other: the third path does not fit.
+        let limit = "3300000".to_owned();
+        let (worker_args, worker_env) = if nats {
+            (vec![], vec![("BUS_MAX_ARTIFACT_BYTES".to_owned(), limit)])
+        } else {
+            (vec!["--max-artifact-bytes".to_owned(), limit], vec![])
+        };
+        let Some(s) = Stack::start(StackOpts {
+            nats,
+            worker_args,
+            worker_env,
+            ..Default::default()
+        })
+        .await
+        else {
+            eprintln!("run artifacts: skipped over {shape} (no nats-server)");
+            continue;
+        };
+        s.warm_up().await;
+        let file = random_bytes(200_000, 31);
+        let body = json!({
+            "profile": "codex",
+            "args": ["sh", "-c", "for i in $(seq 15); do cat in.bin; done > big.bin; cp big.bin big2.bin"],
+            "files": [{"path": "/workspace/in.bin", "content_base64": b64(&file)}],
+            "artifacts": ["/workspace/big.bin", "/workspace/in.bin", "/workspace/big2.bin"],
+            "timeout_seconds": 60,
+        });
+        let (status, result, took) = s.run(&body.to_string()).await;
+        assert_eq!(status, 200, "{shape}: {result}");
+        assert_eq!(result["state"], "succeeded", "{shape}: {result}");
+        assert_eq!(result["artifacts"]["truncated"], true, "{shape}: {result}");
+        let run_id = result["run_id"].as_str().unwrap();
+        let (status, tar, _) = download(&s.api_url(), run_id, &s.token).await;
+        assert_eq!(status, 200, "{shape}");
+        let got = entries(&tar);
+        let big = &got["workspace/big.bin"];
+        assert_eq!(big.len(), 3_000_000, "{shape}");
+        assert!(
+            *big == file.repeat(15),
+            "{shape}: the 3 MB artifact, byte for byte"
+        );
+        assert!(
+            got["workspace/in.bin"] == file,
+            "{shape}: the file, back out"
+        );
+        assert!(
+            !got.contains_key("workspace/big2.bin") && tar.len() <= 3_300_000,
+            "{shape}: the worker's limit holds: {:?}",
+            got.keys()
+        );
+        let record = s.record(run_id).await;
+        assert!(
+            record["result"].get("artifacts_tar_base64").is_none(),
+            "{shape}: the ledger never holds the archive"
+        );
+        eprintln!(
+            "run artifacts: a 3 MB artifact and a 200 kB file out exactly over {shape} in {took:?}"
+        );
+    }
+}
