@@ -5,6 +5,7 @@ mod e2e;
 mod events;
 mod fault_soak;
 mod fault_stack;
+mod files;
 mod nats;
 mod responder;
 mod router;
@@ -41,6 +42,9 @@ pub enum BenchCommand {
     /// End-to-end run latency through the Docker worker beside
     /// `docker run --rm`.
     Worker(worker::WorkerBenchArgs),
+    /// A run's data in and out (files in the request, artifacts out, in
+    /// MB/s) beside `docker cp` of the same bytes.
+    Files(files::FilesBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
@@ -52,5 +56,6 @@ pub fn run(cmd: BenchCommand) -> Result<(), Failure> {
         BenchCommand::Soak(args) if args.faults => fault_soak::run(args),
         BenchCommand::Soak(args) => soak::run(args),
         BenchCommand::Worker(args) => worker::run(args),
+        BenchCommand::Files(args) => files::run(args),
     }
 }
