@@ -295,6 +295,7 @@ impl RunSpec {
         }
         self.stdin_bytes()?;
         self.file_bytes()?;
+        self.artifact_paths()?;
         Ok(())
     }
 }
