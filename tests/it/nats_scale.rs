@@ -345,7 +345,7 @@ async fn two_providers_two_routers_two_workers_share_200_runs_and_a_nats_restart
         "{kept}"
     );
     let kept_id = kept["run_id"].as_str().unwrap();
-    let (s, tar) = crate::support::api::get_bytes(
+    let (s, tar, _) = crate::support::api::get_bytes(
         &format!("{}/api/v1/containers/runs/{kept_id}/artifacts", b.url()),
         &t,
     )

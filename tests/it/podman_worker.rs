@@ -63,14 +63,7 @@ async fn podman_runs_times_out_feeds_stdin_and_cleans_up() {
             .decode(kept["artifacts_tar_base64"].as_str().unwrap())
             .unwrap()
     };
-    let mut names = std::collections::BTreeMap::new();
-    for e in tar::Archive::new(tar.as_slice()).entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().display().to_string();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-        names.insert(name, data);
-    }
+    let names = crate::run_artifacts::entries(&tar);
     assert!(names["tmp/out.bin"] == bytes, "{:?}", names.keys());
     assert!(names["workspace/d/in.bin"] == bytes, "{:?}", names.keys());
     // As `docker run`: not in the image 127, not executable 126.

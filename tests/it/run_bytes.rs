@@ -24,7 +24,7 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -34,7 +34,7 @@ fn unb64(v: &Value) -> Vec<u8> {
         .unwrap()
 }
 
-fn token(dev: &Dev) -> String {
+pub fn token(dev: &Dev) -> String {
     std::fs::read_to_string(dev.config_dir.path().join("auth/api-token"))
         .unwrap()
         .trim()

@@ -115,7 +115,11 @@ async fn post_run(client: &awc::Client, stack: &Stack, body: &Value) -> Result<V
 }
 
 /// Sequential samples of `one`, pausing `gap` between them (untimed).
-async fn samples<F, Fut>(n: usize, gap: Duration, mut one: F) -> Result<Vec<Duration>, Failure>
+pub(super) async fn samples<F, Fut>(
+    n: usize,
+    gap: Duration,
+    mut one: F,
+) -> Result<Vec<Duration>, Failure>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Duration, Failure>>,

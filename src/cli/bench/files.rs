@@ -15,6 +15,7 @@
 //! Figures are MB/s of the whole operation (run included) and the ratio
 //! to the `docker` baseline; nothing is asserted.
 
+use super::e2e::samples;
 use super::stack::Stack;
 use super::stats::{print_table, Summary};
 use crate::cli::failure::Failure;
@@ -167,46 +168,42 @@ pub fn run(args: FilesBenchArgs) -> Result<(), Failure> {
     actix_rt::System::new().block_on(measure(&args, &stack))
 }
 
+/// A run through the REST API: its result.
+async fn post_run(http: &awc::Client, stack: &Stack, body: &Value) -> Result<Value, Failure> {
+    serde_json::from_slice(&api(http, stack, "POST", "/api/v1/containers/runs", Some(body)).await?)
+        .map_err(|e| Failure::error(format!("a run's result: {e}")))
+}
+
 async fn measure(args: &FilesBenchArgs, stack: &Stack) -> Result<(), Failure> {
     let http = crate::http::client::client(Some(Duration::from_secs(600)));
     let scratch = tempfile_dir()?;
+    let n = args.runs;
+
     let out_bytes = args.artifact_mib << 20;
-    let generate =
-        format!("mkdir -p /workspace && head -c {out_bytes} /dev/urandom > /workspace/out.bin");
-    let mut out_rows = Vec::new();
+    let generate = format!("head -c {out_bytes} /dev/urandom > /workspace/out.bin");
     let dest = scratch.join("out.bin");
-    let mut base = Vec::new();
-    for _ in 0..=args.runs {
-        base.push(docker_out(&args.image, &generate, &dest)?);
-    }
-    base.remove(0); // warm-up
-    out_rows.push(rate_row(
-        "docker run + docker cp out + docker rm (baseline)",
-        base,
-        out_bytes,
-    ));
+    let base = samples(n, Duration::ZERO, || async {
+        docker_out(
+            &args.image,
+            &format!("mkdir -p /workspace && {generate}"),
+            &dest,
+        )
+    })
+    .await?;
     let body = json!({
         "profile": "codex",
-        "args": ["sh", "-c", format!("head -c {out_bytes} /dev/urandom > /workspace/out.bin")],
+        "args": ["sh", "-c", generate],
         "artifacts": ["/workspace/out.bin"],
         "timeout_seconds": 300,
     });
-    let mut ours = Vec::new();
-    for _ in 0..=args.runs {
+    let ours = samples(n, Duration::ZERO, || async {
         let t0 = Instant::now();
-        let result: Value = serde_json::from_slice(
-            &api(&http, stack, "POST", "/api/v1/containers/runs", Some(&body)).await?,
-        )
-        .map_err(|e| Failure::error(format!("a run's result: {e}")))?;
-        let run_id = result["run_id"].as_str().unwrap_or_default().to_owned();
-        let tar = api(
-            &http,
-            stack,
-            "GET",
-            &format!("/api/v1/containers/runs/{run_id}/artifacts"),
-            None,
-        )
-        .await?;
+        let result = post_run(&http, stack, &body).await?;
+        let run = format!(
+            "/api/v1/containers/runs/{}",
+            result["run_id"].as_str().unwrap_or_default()
+        );
+        let tar = api(&http, stack, "GET", &format!("{run}/artifacts"), None).await?;
         let took = t0.elapsed();
         if tar.len() < out_bytes || result["state"] != "succeeded" {
             return Err(Failure::error(format!(
@@ -215,45 +212,37 @@ async fn measure(args: &FilesBenchArgs, stack: &Stack) -> Result<(), Failure> {
                 result["state"]
             )));
         }
-        ours.push(took);
-        let _ = api(
-            &http,
-            stack,
-            "DELETE",
-            &format!("/api/v1/containers/runs/{run_id}"),
-            None,
-        )
-        .await;
-    }
-    ours.remove(0);
-    out_rows.push(rate_row(
-        "REST run with artifacts + GET .../artifacts",
-        ours,
-        out_bytes,
-    ));
+        let _ = api(&http, stack, "DELETE", &run, None).await;
+        Ok(took)
+    })
+    .await?;
     print_table(
         &format!(
             "{} MiB artifact out (per second = MB/s; baseline: docker run + docker cp)",
             args.artifact_mib
         ),
-        &out_rows,
+        &[
+            rate_row(
+                "docker run + docker cp out + docker rm (baseline)",
+                base,
+                out_bytes,
+            ),
+            rate_row(
+                "REST run with artifacts + GET .../artifacts",
+                ours,
+                out_bytes,
+            ),
+        ],
     );
 
     let in_bytes = args.file_kib << 10;
     let data: Vec<u8> = (0..in_bytes).map(|i| (i * 7 + i / 251) as u8).collect();
     let local = scratch.join("in.bin");
     std::fs::write(&local, &data)?;
-    let mut in_rows = Vec::new();
-    let mut base = Vec::new();
-    for _ in 0..=args.runs {
-        base.push(docker_in(&args.image, &local, in_bytes)?);
-    }
-    base.remove(0);
-    in_rows.push(rate_row(
-        "docker create + docker cp in + docker start -a (baseline)",
-        base,
-        in_bytes,
-    ));
+    let base = samples(n, Duration::ZERO, || async {
+        docker_in(&args.image, &local, in_bytes)
+    })
+    .await?;
     let body = json!({
         "profile": "codex",
         "args": ["sh", "-c", "wc -c < /workspace/in.bin"],
@@ -261,29 +250,28 @@ async fn measure(args: &FilesBenchArgs, stack: &Stack) -> Result<(), Failure> {
                    "content_base64": base64::engine::general_purpose::STANDARD.encode(&data)}],
         "timeout_seconds": 300,
     });
-    let mut ours = Vec::new();
-    for _ in 0..=args.runs {
+    let want = in_bytes.to_string();
+    let ours = samples(n, Duration::ZERO, || async {
         let t0 = Instant::now();
-        let result: Value = serde_json::from_slice(
-            &api(&http, stack, "POST", "/api/v1/containers/runs", Some(&body)).await?,
-        )
-        .map_err(|e| Failure::error(format!("a run's result: {e}")))?;
+        let result = post_run(&http, stack, &body).await?;
         let took = t0.elapsed();
-        if result["stdout"].as_str().map(str::trim) != Some(in_bytes.to_string().as_str()) {
+        if result["stdout"].as_str().map(str::trim) != Some(want.as_str()) {
             return Err(Failure::error(format!(
                 "a file run came back wrong: {result}"
             )));
         }
-        ours.push(took);
-    }
-    ours.remove(0);
-    in_rows.push(rate_row("REST run with files", ours, in_bytes));
+        Ok(took)
+    })
+    .await?;
     print_table(
         &format!(
             "{} KiB file in (per second = MB/s; baseline: docker create + docker cp + docker start)",
             args.file_kib
         ),
-        &in_rows,
+        &[
+            rate_row("docker create + docker cp in + docker start -a (baseline)", base, in_bytes),
+            rate_row("REST run with files", ours, in_bytes),
+        ],
     );
     println!(
         "\nfiles travel inside the run request (bounded by its body and the bus's message); a 10 MiB file in waits on request parts"

@@ -222,12 +222,17 @@ pub async fn post_until_ok(
     last
 }
 
-/// A GET of raw bytes (an archive): status and body.
-pub async fn get_bytes(url: &str, token: &str) -> (u16, Vec<u8>) {
+/// A GET of raw bytes (an archive): status, body and content type.
+pub async fn get_bytes(url: &str, token: &str) -> (u16, Vec<u8>, Option<String>) {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(60))
         .finish();
     let mut resp = client.get(url).bearer_auth(token).send().await.unwrap();
+    let kind = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let bytes = resp.body().limit(256 << 20).await.unwrap();
-    (resp.status().as_u16(), bytes.to_vec())
+    (resp.status().as_u16(), bytes.to_vec(), kind)
 }
