@@ -70,6 +70,30 @@ pub struct WorkerSection {
 
 /// `worker.max_artifact_bytes` unless set: 64 MiB.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: usize = 64 << 20;
+/// The most `worker.max_artifact_bytes` may be: 128 MiB, so a result
+/// carrying a whole archive (base64 in its JSON) stays within what an
+/// API provider assembles from a result's parts.
+pub const MAX_ARTIFACT_BYTES: usize = 128 << 20;
+
+/// A `--max-artifact-bytes` value: a byte count up to
+/// [`MAX_ARTIFACT_BYTES`].
+pub fn parse_artifact_limit(text: &str) -> Result<usize, String> {
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count"))?;
+    check_artifact_limit(n)?;
+    Ok(n)
+}
+
+fn check_artifact_limit(n: usize) -> Result<(), String> {
+    if n > MAX_ARTIFACT_BYTES {
+        return Err(format!(
+            "max_artifact_bytes is at most {MAX_ARTIFACT_BYTES} (128 MiB), not {n}"
+        ));
+    }
+    Ok(())
+}
 
 /// The largest `memory_mb` (1 TiB): past it the byte count would overflow.
 pub const MAX_MEMORY_MB: u64 = 1 << 20;
@@ -373,6 +397,7 @@ impl Config {
         if self.worker.capacity == 0 {
             return Err("worker.capacity must be greater than 0".into());
         }
+        check_artifact_limit(self.worker.max_artifact_bytes).map_err(|e| format!("worker.{e}"))?;
         if self.worker.pool_max_idle_seconds == 0 {
             return Err("worker.pool_max_idle_seconds must be greater than 0".into());
         }

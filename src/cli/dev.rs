@@ -71,8 +71,8 @@ pub struct DevArgs {
     pub pool_size: Option<usize>,
     /// The largest archive of a run's artifacts, in bytes (overrides
     /// `worker.max_artifact_bytes`; default 64 MiB): past it the archive
-    /// stops and the result says `truncated`.
-    #[arg(long, env = "BUS_MAX_ARTIFACT_BYTES")]
+    /// stops and the result says `truncated`. At most 128 MiB.
+    #[arg(long, env = "BUS_MAX_ARTIFACT_BYTES", value_parser = crate::config::parse_artifact_limit)]
     pub max_artifact_bytes: Option<usize>,
     /// The worker's stable id, which labels its containers (default:
     /// `dev-` and a hash of the data directory, so two stacks on one
@@ -278,12 +278,10 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
     let runtime = Arc::new(DockerRuntime::new("docker", &docker_host()));
     let listener = server::listen(&addr)?;
     let events_listener = events_addr.as_deref().map(server::listen).transpose()?;
-    let store = Arc::new(
-        SqliteStore::open(&data_dir.join("runs.sqlite"))
-            .map_err(|e| Failure::error(e.to_string()))?,
-    );
+    let ledger = data_dir.join("runs.sqlite");
+    let store = Arc::new(SqliteStore::open(&ledger).map_err(|e| Failure::error(e.to_string()))?);
     let artifacts: crate::store::artifacts::SharedArtifacts = Arc::new(
-        crate::store::artifacts::DirArtifacts::open(data_dir.join("artifacts"))
+        crate::store::artifacts::DirArtifacts::open(crate::store::artifacts::dir_beside(&ledger))
             .map_err(|e| Failure::error(e.to_string()))?,
     );
     println!("configuration: {config_origin}");

@@ -163,11 +163,7 @@ async fn open_store(
     };
     let store = SqliteStore::open(&path).map_err(|e| Failure::error(e.to_string()))?;
     tracing::info!(path = %path.display(), "run ledger open");
-    let dir = path
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_default()
-        .join("artifacts");
+    let dir = crate::store::artifacts::dir_beside(&path);
     let artifacts = DirArtifacts::open(dir).map_err(|e| Failure::error(e.to_string()))?;
     Ok((Arc::new(store), Arc::new(artifacts)))
 }

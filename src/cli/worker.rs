@@ -99,8 +99,8 @@ pub struct WorkerArgs {
     pub pool_size: Option<usize>,
     /// The largest archive of a run's artifacts, in bytes (overrides
     /// `worker.max_artifact_bytes`; default 64 MiB): past it the archive
-    /// stops and the result says `truncated`.
-    #[arg(long, env = "BUS_MAX_ARTIFACT_BYTES")]
+    /// stops and the result says `truncated`. At most 128 MiB.
+    #[arg(long, env = "BUS_MAX_ARTIFACT_BYTES", value_parser = crate::config::parse_artifact_limit)]
     pub max_artifact_bytes: Option<usize>,
     /// Check the configuration (and the engine, unless static), print
     /// `bus-integration-<name> self-test OK` and exit.

@@ -143,6 +143,14 @@ impl Packer {
         used + long_name + BLOCK + size.div_ceil(BLOCK) * BLOCK + 2 * BLOCK <= self.limit
     }
 
+    /// Notes that `path` is not archived (it is reported missing, with
+    /// why), while the other paths are.
+    pub fn refused(&mut self, path: &str, why: String) {
+        tracing::warn!(path, reason = %why, "an artifact path is not archived");
+        self.summary.missing.push(path.to_owned());
+        self.summary.error.get_or_insert(why);
+    }
+
     /// Notes that the engine could not archive `path`.
     pub fn failed(&mut self, path: &str, why: String) {
         tracing::warn!(path, error = %why, "an artifact could not be archived");

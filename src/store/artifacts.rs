@@ -32,6 +32,20 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Archives as files in a directory.
+/// A half-written archive older than this is left over from a crash.
+const STALE_PART: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The directory of the archives beside a SQLite ledger file: `artifacts`
+/// for the default `runs.sqlite`, `<file name>.artifacts` for any other,
+/// so two ledgers in one directory never sweep each other's archives.
+pub fn dir_beside(ledger: &std::path::Path) -> PathBuf {
+    let parent = ledger.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    match ledger.file_name().and_then(|n| n.to_str()) {
+        Some("runs.sqlite") | None => parent.join("artifacts"),
+        Some(name) => parent.join(format!("{name}.artifacts")),
+    }
+}
+
 pub struct DirArtifacts {
     dir: PathBuf,
 }
@@ -119,6 +133,19 @@ impl ArtifactStore for DirArtifacts {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if let Some(id) = name.strip_suffix(".tar") {
                     out.push(id.to_owned());
+                } else if name.starts_with('.') && name.ends_with(".part") {
+                    // Left by a provider that died mid-write: gone once
+                    // no write could still be going on.
+                    let old = e
+                        .metadata()
+                        .await
+                        .ok()
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_PART);
+                    if old {
+                        let _ = tokio::fs::remove_file(e.path()).await;
+                    }
                 }
             }
             Ok(out)
@@ -230,6 +257,13 @@ pub async fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_ledgers_in_one_directory_keep_their_archives_apart() {
+        let d = std::path::Path::new("/data");
+        assert_eq!(dir_beside(&d.join("runs.sqlite")), d.join("artifacts"));
+        assert_eq!(dir_beside(&d.join("a.db")), d.join("a.db.artifacts"));
+    }
 
     #[tokio::test]
     async fn a_dir_keeps_archives_private_and_forgets_them() {

@@ -339,6 +339,57 @@ async fn faults_outputs_larger_than_a_bus_message_arrive_whole() {
     );
 }
 
+/// A result far past one bus message (a 24 MB artifact: dozens of
+/// parts) ends while the router is stalled for longer than several
+/// resends: once the router is back it arrives whole, byte for byte —
+/// sends of it never overlap, and a part sent again counts once.
+#[actix_rt::test]
+async fn faults_a_large_artifact_result_survives_a_stalled_router() {
+    let Some(s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    let body = serde_json::json!({
+        "profile": "codex",
+        "args": ["sh", "-c", "sleep 2; yes 0123456789abcdef | head -c 24000000 > /tmp/big.txt"],
+        "artifacts": ["/tmp/big.txt"],
+        "timeout_seconds": 60,
+        "wait": false,
+    });
+    let (status, v, _) = s.run(&body.to_string()).await;
+    assert_eq!(status, 202, "{v}");
+    let run_id = id(&v);
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    s.stop(Part::Router(0));
+    actix_rt::time::sleep(Duration::from_secs(12)).await;
+    s.cont(Part::Router(0));
+    let t0 = Instant::now();
+    let record = s.settled(&run_id, 120).await;
+    eprintln!(
+        "fault matrix: a 24 MB artifact result behind a 12 s router stall → {} {:?} after it came back",
+        record["state"],
+        t0.elapsed()
+    );
+    assert_eq!(record["state"], "succeeded", "{record}");
+    let summary = &record["result"]["artifacts"];
+    assert_eq!(summary["truncated"], false, "{summary}");
+    let (status, tar, _) = crate::run_artifacts::download(&s.api_url(), &run_id, &s.token).await;
+    assert_eq!(status, 200);
+    assert_eq!(summary["bytes"], tar.len(), "{summary}");
+    let files = crate::run_artifacts::entries(&tar);
+    let big = &files["tmp/big.txt"];
+    assert_eq!(big.len(), 24_000_000);
+    assert!(
+        big.chunks(17).all(|c| b"0123456789abcdef\n".starts_with(c)),
+        "the artifact's exact bytes"
+    );
+    agree(
+        &record["result"],
+        &record,
+        &s.usage_settled(&run_id, 20).await,
+    );
+    assert!(s.no_containers_within(10).await.is_empty());
+}
+
 /// Counts the runs that wrote to the stack's workspace.
 fn executions(s: &Stack, file: &str) -> usize {
     std::fs::read_to_string(s.workspace.join(file))

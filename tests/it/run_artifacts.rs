@@ -29,7 +29,11 @@ pub fn entries(tar: &[u8]) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// GET of a run's artifacts: status, body bytes and content type.
-async fn download(url: &str, run_id: &str, token: &str) -> (u16, Vec<u8>, Option<String>) {
+pub(crate) async fn download(
+    url: &str,
+    run_id: &str,
+    token: &str,
+) -> (u16, Vec<u8>, Option<String>) {
     get_bytes(
         &format!("{url}/api/v1/containers/runs/{run_id}/artifacts"),
         token,
@@ -107,6 +111,42 @@ async fn artifacts_come_back_exactly_to_their_owner_only() {
     let (status, tar, _) = download(&dev.url, timed["run_id"].as_str().unwrap(), &owner).await;
     assert_eq!(status, 200);
     assert_eq!(entries(&tar)["tmp/p.txt"], b"partial\n");
+
+    // A path through a symbolic link is not followed (the engine would
+    // read its target as root); a link at the path is kept as the link.
+    let body = json!({
+        "profile": "codex",
+        "args": ["sh", "-c", "ln -s /etc l && ln -s /etc/passwd h && echo ok > /tmp/ok"],
+        "artifacts": ["/workspace/l/passwd", "/workspace/h", "/tmp/ok"],
+        "timeout_seconds": 60,
+    });
+    let (_, _, linked) = call("POST", &runs, Some(&owner), Some(&body.to_string())).await;
+    assert_eq!(linked["state"], "succeeded", "{linked}");
+    let a = &linked["artifacts"];
+    assert_eq!(a["missing"], json!(["/workspace/l/passwd"]), "{a}");
+    assert_eq!(a["paths"], json!(["/workspace/h", "/tmp/ok"]), "{a}");
+    assert!(
+        a["error"].as_str().unwrap_or("").contains("symbolic link"),
+        "{a}"
+    );
+    let (_, tar, _) = download(&dev.url, linked["run_id"].as_str().unwrap(), &owner).await;
+    let kinds: Vec<(String, bool)> = tar::Archive::new(tar.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let link = e.header().entry_type().is_symlink();
+            (e.path().unwrap().display().to_string(), link)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("workspace/h".to_owned(), true),
+            ("tmp/ok".to_owned(), false)
+        ],
+        "no file of /etc in the archive"
+    );
 
     // Past the limit: the archive stops whole, and says truncated.
     let body = json!({
@@ -255,7 +295,7 @@ async fn artifacts_come_back_exactly_to_their_owner_only() {
 /// cut the archive.
 #[actix_rt::test]
 async fn artifacts_across_the_events_api_and_nats() {
-    use crate::support::stack::{Stack, StackOpts};
+    use crate::support::stack::{Part, Stack, StackOpts};
     if engine().await.is_none() {
         return;
     }
@@ -269,7 +309,7 @@ async fn artifacts_across_the_events_api_and_nats() {
         } else {
             (vec!["--max-artifact-bytes".to_owned(), limit], vec![])
         };
-        let Some(s) = Stack::start(StackOpts {
+        let Some(mut s) = Stack::start(StackOpts {
             nats,
             worker_args,
             worker_env,
@@ -320,5 +360,24 @@ async fn artifacts_across_the_events_api_and_nats() {
         eprintln!(
             "run artifacts: a 3 MB artifact and a 200 kB file out exactly over {shape} in {took:?}"
         );
+
+        // Past retention the record goes when the provider starts (then
+        // hourly), and its archive with it.
+        actix_rt::time::sleep(std::time::Duration::from_millis(2500)).await;
+        s.kill(Part::Api);
+        s.opts.api_args = vec!["--retention-max-age".into(), "1s".into()];
+        s.restart(Part::Api);
+        let ready = std::time::Instant::now();
+        while s.api_ready().await != 200 {
+            assert!(
+                ready.elapsed().as_secs() < 30,
+                "{shape}: the provider came back"
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let (status, _, _) = download(&s.api_url(), run_id, &s.token).await;
+        assert_eq!(status, 404, "{shape}: the archive went with its record");
+        let beside = s.data_dir.join(format!("artifacts/{run_id}.tar"));
+        assert!(!beside.exists(), "{shape}: {}", beside.display());
     }
 }

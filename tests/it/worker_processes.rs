@@ -300,6 +300,32 @@ fn self_tests_and_flags() {
             );
         }
     }
+    // An artifact limit past what a provider assembles: refused by the
+    // flag (worker and bus dev), its variable and the config key.
+    std::fs::write(&bad, "[worker]\nmax_artifact_bytes = 200000000\n").unwrap();
+    for (command, flag, env) in [
+        (&["integration", "docker", "--self-test"][..], true, false),
+        (&["dev", "--addr", "127.0.0.1:0"][..], true, false),
+        (&["integration", "docker", "--self-test"][..], false, true),
+        (&["integration", "docker", "--self-test"][..], false, false),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let mut cmd = bus();
+        cmd.args(command)
+            .env("BUS_DATA_DIR", data.path())
+            .env("BUS_CONFIG_DIR", data.path());
+        if flag {
+            cmd.args(["--max-artifact-bytes", "134217729"]);
+        } else if env {
+            cmd.env("BUS_MAX_ARTIFACT_BYTES", "134217729");
+        } else {
+            cmd.args(["--config", bad.to_str().unwrap()]);
+        }
+        let out = cmd.output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {said}");
+        assert!(said.contains("at most 134217728"), "{command:?}: {said}");
+    }
     let out = bus()
         .args([
             "integration",

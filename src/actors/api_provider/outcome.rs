@@ -312,10 +312,14 @@ impl Handler<Incoming<ResultPart>> for ApiProvider {
         let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&p.data_base64) else {
             return;
         };
-        if run.parts_bytes + bytes.len() > MAX_PARTS_BYTES {
+        // A part sent again (the worker resends until the end is
+        // recorded) replaces itself; it is counted once.
+        let replaced = run.parts.get(&p.part).map_or(0, Vec::len);
+        if run.parts_bytes - replaced + bytes.len() > MAX_PARTS_BYTES {
+            tracing::warn!(run_id = %p.run_id, "a run's result parts are over the limit; a part is dropped");
             return;
         }
-        run.parts_bytes += bytes.len();
+        run.parts_bytes = run.parts_bytes - replaced + bytes.len();
         run.parts.insert(p.part, bytes);
         if let Some(whole) = assemble_if_ready(run) {
             let (run_id, corr) = (p.run_id.clone(), run.correlation_id.clone());

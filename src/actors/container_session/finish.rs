@@ -270,6 +270,10 @@ impl ContainerSession {
     }
 }
 
+/// The longest a run's artifacts take to archive: an engine that stalls
+/// holds the run's end (and its container) no longer than this.
+const ARCHIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The archive of a run's artifact `paths` in container `id`, at most
 /// `cap` bytes, and what became of each path.
 async fn archive(
@@ -279,13 +283,27 @@ async fn archive(
     cap: usize,
 ) -> (Vec<u8>, ArtifactsSummary) {
     let mut packer = crate::runtime::archive::Packer::new(cap);
+    let by = tokio::time::Instant::now() + ARCHIVE_TIMEOUT;
     for path in paths {
         if packer.truncated() {
             // Past the limit: the rest are neither archived nor missing.
             break;
         }
-        match runtime.download(id, path, packer.room()).await {
+        let download = tokio::time::timeout_at(by, runtime.download(id, path, packer.room()));
+        let Ok(download) = download.await else {
+            packer.failed(
+                path,
+                format!(
+                    "{path}: the engine took over {} s to archive the artifacts",
+                    ARCHIVE_TIMEOUT.as_secs()
+                ),
+            );
+            break;
+        };
+        match download {
             Ok(download) => packer.add(path, download),
+            // Not archived, the others are: through a link.
+            Err(crate::runtime::RuntimeError::NotFound(why)) => packer.refused(path, why),
             Err(e) => packer.failed(path, format!("{path}: {e}")),
         }
     }

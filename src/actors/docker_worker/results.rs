@@ -37,6 +37,12 @@ pub(super) struct Retained {
     next: Instant,
     backoff: Duration,
     until: Instant,
+    /// Its parts and response are being published now: a send asked for
+    /// meanwhile (a new caller) comes after, and a resend falls due
+    /// only once it is done, so sends of a large result never overlap.
+    sending: bool,
+    /// A send was asked for while one was going.
+    again: bool,
 }
 
 /// The payloads that carry `payload` on a bus whose messages hold at
@@ -131,6 +137,8 @@ impl DockerWorker {
                             next: now + FIRST_RESEND,
                             backoff: FIRST_RESEND,
                             until: now + act.config.result_retention,
+                            sending: false,
+                            again: false,
                         },
                     );
                     act.send_result(&run_id, ctx);
@@ -145,9 +153,14 @@ impl DockerWorker {
     /// Publishes a kept result to everyone who asked for it, in order:
     /// its parts, then its response.
     pub(super) fn send_result(&mut self, run_id: &str, ctx: &mut Context<Self>) {
-        let Some(kept) = self.retained.get(run_id) else {
+        let Some(kept) = self.retained.get_mut(run_id) else {
             return;
         };
+        if kept.sending {
+            kept.again = true;
+            return;
+        }
+        kept.sending = true;
         let payload = WorkerReply {
             worker_id: Some(self.config.worker_id().to_owned()),
             reply: kept.reply.clone(),
@@ -181,8 +194,20 @@ impl DockerWorker {
                         break;
                     }
                 }
+                run_id
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|run_id, act, ctx| {
+                let Some(kept) = act.retained.get_mut(&run_id) else {
+                    return;
+                };
+                kept.sending = false;
+                // A resend is due a backoff after this send ended.
+                kept.next = kept.next.max(Instant::now() + kept.backoff);
+                if std::mem::take(&mut kept.again) {
+                    act.send_result(&run_id, ctx);
+                }
+            }),
         );
     }
 
@@ -199,7 +224,7 @@ impl DockerWorker {
         let due: Vec<String> = self
             .retained
             .iter_mut()
-            .filter(|(_, kept)| kept.next <= now)
+            .filter(|(_, kept)| kept.next <= now && !kept.sending)
             .map(|(run_id, kept)| {
                 kept.backoff = (kept.backoff * 2).min(MAX_RESEND);
                 kept.next = now + kept.backoff;

@@ -118,6 +118,9 @@ impl DockerRuntime {
         let (container, path) = (container.to_owned(), path.to_owned());
         async move {
             let client = this.ready_client().await?;
+            if let Some(why) = through_link(&client, &container, &path).await? {
+                return Err(RuntimeError::NotFound(why));
+            }
             let mut stream = std::pin::pin!(client
                 .download_from_container(&container, Some(DownloadFromContainerOptions { path })));
             let mut out = Vec::new();
@@ -138,6 +141,51 @@ impl DockerRuntime {
         }
         .boxed_local()
     }
+}
+
+/// Go's `os.ModeSymlink`, as the engine reports a path's mode.
+const GO_MODE_SYMLINK: u32 = 1 << 27;
+
+/// Why `path` is not archived when one of its directories is a symbolic
+/// link: the engine resolves a path's directories (as root, within the
+/// container), so `/workspace/l/x` with `l -> /etc` would read `/etc/x`,
+/// which the run's own user may not read. A link at the path itself is
+/// archived as the link.
+async fn through_link(
+    client: &bollard::Docker,
+    container: &str,
+    path: &str,
+) -> Result<Option<String>, RuntimeError> {
+    let path = std::path::Path::new(path);
+    let mut dirs: Vec<&std::path::Path> = path
+        .ancestors()
+        .skip(1)
+        .filter(|p| p.parent().is_some())
+        .collect();
+    dirs.reverse();
+    for dir in dirs {
+        let options = bollard::query_parameters::ContainerArchiveInfoOptions {
+            path: dir.display().to_string(),
+        };
+        match client
+            .get_container_archive_info(container, Some(options))
+            .await
+            .map_err(map_err)
+        {
+            Ok(stat) if stat.file_mode & GO_MODE_SYMLINK != 0 => {
+                return Ok(Some(format!(
+                    "{}: {} is a symbolic link, which is not followed",
+                    path.display(),
+                    dir.display()
+                )))
+            }
+            Ok(_) => {}
+            // Not there: the path is missing, as its download says.
+            Err(RuntimeError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
