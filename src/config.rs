@@ -52,6 +52,9 @@ pub struct WorkerSection {
     /// The largest archive of a run's `artifacts` (past it the archive
     /// stops and says `truncated`).
     pub max_artifact_bytes: usize,
+    /// The most bytes of a run's `files` (decoded, in all); more is
+    /// `payload_too_large`.
+    pub max_files_bytes: usize,
     /// `timeout_seconds` when neither request nor profile sets one.
     pub default_timeout_seconds: u64,
     /// The most any run may ask for.
@@ -67,6 +70,10 @@ pub struct WorkerSection {
     /// A PEM file of extra CAs the proxy trusts upstream (a private CA).
     pub egress_upstream_ca: Option<String>,
 }
+
+/// `worker.max_files_bytes` (and the API provider's `--max-files-bytes`)
+/// unless set: 8 MiB.
+pub const DEFAULT_MAX_FILES_BYTES: usize = 8 << 20;
 
 /// `worker.max_artifact_bytes` unless set: 64 MiB.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: usize = 64 << 20;
@@ -118,6 +125,7 @@ impl Default for WorkerSection {
             allowed_images: Vec::new(),
             output_cap_bytes: 1 << 20,
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            max_files_bytes: DEFAULT_MAX_FILES_BYTES,
             default_timeout_seconds: 300,
             max_timeout_seconds: 3600,
             capacity: 64,

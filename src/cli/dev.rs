@@ -74,6 +74,13 @@ pub struct DevArgs {
     /// stops and the result says `truncated`. At most 128 MiB.
     #[arg(long, env = "BUS_MAX_ARTIFACT_BYTES", value_parser = crate::config::parse_artifact_limit)]
     pub max_artifact_bytes: Option<usize>,
+    /// The most bytes of a run's `files`, decoded, in all (overrides
+    /// `worker.max_files_bytes`; default 8 MiB): more is 413
+    /// `payload_too_large`.
+    /// Also the API provider's limit, whose request body limit grows
+    /// with it.
+    #[arg(long, env = "BUS_MAX_FILES_BYTES")]
+    pub max_files_bytes: Option<usize>,
     /// The worker's stable id, which labels its containers (default:
     /// `dev-` and a hash of the data directory, so two stacks on one
     /// engine never take each other's containers).
@@ -244,6 +251,9 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
     if let Some(n) = args.max_artifact_bytes {
         config.worker.max_artifact_bytes = n;
     }
+    if let Some(n) = args.max_files_bytes {
+        config.worker.max_files_bytes = n;
+    }
     let provider = match (args.provider, dev.provider.as_deref()) {
         (Some(p), _) => p,
         (None, None) | (None, Some("docker")) => DevProvider::Docker,
@@ -346,7 +356,8 @@ pub fn run(args: DevArgs) -> Result<(), Failure> {
             max_concurrent_runs: dev.max_concurrent_runs.unwrap_or(16),
             retention: Retention { max_age: Duration::from_secs(30 * 24 * 3600), max_runs: 100_000 },
             output_cap_bytes: config.worker.output_cap_bytes,
-            max_body_bytes: 1 << 20,
+            max_body_bytes: super::serve_containers::body_limit_for(config.worker.max_files_bytes),
+            max_files_bytes: config.worker.max_files_bytes,
             heartbeat: HEARTBEAT,
             streams: Default::default(),
             workers: 2,

@@ -99,9 +99,14 @@ pub struct ContainersServerArgs {
     /// Output kept per run and stream for log followers.
     #[arg(long, default_value_t = 1 << 20)]
     pub output_cap_bytes: usize,
-    /// Largest request body.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub max_body_bytes: usize,
+    /// Largest request body (default: room for --max-files-bytes of
+    /// files in base64, and 1 MiB more).
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+    /// The most bytes of a run's `files`, decoded, in all: more is 413
+    /// `payload_too_large`.
+    #[arg(long, env = "BUS_MAX_FILES_BYTES", default_value_t = crate::config::DEFAULT_MAX_FILES_BYTES)]
+    pub max_files_bytes: usize,
     /// Heartbeat on log streams.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -168,6 +173,15 @@ async fn open_store(
     Ok((Arc::new(store), Arc::new(artifacts)))
 }
 
+/// The request body limit that carries `max_files_bytes` of files (as
+/// base64), and 1 MiB for the rest of the request.
+pub fn body_limit_for(max_files_bytes: usize) -> usize {
+    max_files_bytes
+        .saturating_mul(4)
+        .div_ceil(3)
+        .saturating_add(1 << 20)
+}
+
 /// Everything `start` needs, from flags or from a caller such as `bus dev`.
 #[derive(Clone)]
 pub struct ContainersOptions {
@@ -180,6 +194,7 @@ pub struct ContainersOptions {
     pub retention: Retention,
     pub output_cap_bytes: usize,
     pub max_body_bytes: usize,
+    pub max_files_bytes: usize,
     pub heartbeat: Duration,
     pub streams: StreamSlots,
     pub workers: usize,
@@ -272,10 +287,16 @@ pub async fn start(
             }
             let broker = r.broker().clone();
             let durable = broker.durable(&Kind::Run.request(PUBLIC_PREFIX)).is_some();
-            let backend = BusBackend {
-                requester: r.clone(),
-            }
-            .start();
+            let backend = BusBackend::new(r.clone()).start();
+            // The worker that takes a run sent in parts asks for them.
+            Subscription::start_decoded(
+                broker.clone(),
+                SubscribeSpec::broadcast(format!("{PUBLIC_PREFIX}.run.payload.pull"))
+                    .consumer(format!("api-{instance_id}")),
+                events::<crate::contract::parts::PayloadPull>(),
+                backend.clone().recipient(),
+            )
+            .await?;
             (
                 Backend::of("events", durable, backend),
                 Arc::new(move || broker.ready().map_err(|e| e.to_string())),
@@ -326,6 +347,7 @@ pub async fn start(
         default_timeout: crate::contract::DEFAULT_REQUEST_TIMEOUT,
         max_concurrent_runs: opts.max_concurrent_runs,
         output_cap: opts.output_cap_bytes,
+        max_files_bytes: opts.max_files_bytes,
         accept_within: crate::contract::ACCEPT_WITHIN,
         run_grace: crate::contract::RUN_GRACE,
     };
@@ -489,7 +511,10 @@ pub fn run(args: ContainersServerArgs) -> Result<(), Failure> {
             max_runs: args.retention_max_runs,
         },
         output_cap_bytes: args.output_cap_bytes,
-        max_body_bytes: args.max_body_bytes,
+        max_body_bytes: args
+            .max_body_bytes
+            .unwrap_or_else(|| body_limit_for(args.max_files_bytes)),
+        max_files_bytes: args.max_files_bytes,
         heartbeat: args.heartbeat,
         streams: StreamSlots::new(args.max_streams, args.max_streams_per_identity),
         workers: args.workers.unwrap_or_else(|| {

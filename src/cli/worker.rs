@@ -102,6 +102,11 @@ pub struct WorkerArgs {
     /// stops and the result says `truncated`. At most 128 MiB.
     #[arg(long, env = "BUS_MAX_ARTIFACT_BYTES", value_parser = crate::config::parse_artifact_limit)]
     pub max_artifact_bytes: Option<usize>,
+    /// The most bytes of a run's `files`, decoded, in all (overrides
+    /// `worker.max_files_bytes`; default 8 MiB): more is 413
+    /// `payload_too_large`.
+    #[arg(long, env = "BUS_MAX_FILES_BYTES")]
+    pub max_files_bytes: Option<usize>,
     /// Check the configuration (and the engine, unless static), print
     /// `bus-integration-<name> self-test OK` and exit.
     #[arg(long)]
@@ -130,6 +135,9 @@ pub fn settings(args: &WorkerArgs, flavour: Flavour) -> Result<WorkerSettings, F
     }
     if let Some(n) = args.max_artifact_bytes {
         config.worker.max_artifact_bytes = n;
+    }
+    if let Some(n) = args.max_files_bytes {
+        config.worker.max_files_bytes = n;
     }
     if let Some(image) = args.egress_image.clone().filter(|i| !i.trim().is_empty()) {
         config.worker.egress_image = image;

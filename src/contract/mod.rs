@@ -16,6 +16,7 @@ pub mod events;
 mod kinds;
 mod lenient;
 pub mod owner;
+pub mod parts;
 pub mod replies;
 pub mod run;
 mod run_state;

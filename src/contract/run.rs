@@ -229,6 +229,21 @@ impl RunSpec {
         Ok(out)
     }
 
+    /// How many bytes the files decode to, in all (from their base64's
+    /// length, without decoding).
+    pub fn files_size(&self) -> usize {
+        self.files
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|f| {
+                let t = f.content_base64.trim_end();
+                let pad = t.bytes().rev().take_while(|b| *b == b'=').count();
+                (t.len() / 4 * 3 + (t.len() % 4) * 3 / 4).saturating_sub(pad)
+            })
+            .sum()
+    }
+
     /// The artifact paths, checked: plain absolute paths, each once (in
     /// the order first given).
     pub fn artifact_paths(&self) -> Result<Vec<String>, ErrorDetail> {
@@ -320,6 +335,12 @@ pub struct RunRequest {
     /// an acceptance. Not set on a durable queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accept_by: Option<String>,
+    /// Ours: the request is too large for one bus message; this is its
+    /// summary (no `files`, `stdin` or `stdin_base64`), and the whole
+    /// request comes in this many `run.payload.part`s, which the worker
+    /// that takes it asks for (`run.payload.pull`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_parts: Option<u32>,
 }
 
 /// Which engine ran it.

@@ -305,7 +305,16 @@ pub fn plan_run(req: &RunRequest, owner: &str, w: &WorkerSettings) -> Result<Run
         volumes: vec![],
     };
     let artifacts = req.spec.artifact_paths()?;
-    let files = place_files(&req.spec.file_bytes()?, &artifacts, &mut spec)?;
+    let file_bytes = req.spec.file_bytes()?;
+    let total: usize = file_bytes.iter().map(|(_, data, _)| data.len()).sum();
+    let most = config.worker.max_files_bytes;
+    if total > most {
+        return Err(ErrorDetail::new(
+            ErrorType::PayloadTooLarge,
+            format!("files: {total} bytes in all; this worker takes at most {most}"),
+        ));
+    }
+    let files = place_files(&file_bytes, &artifacts, &mut spec)?;
     Ok(RunPlan {
         run_id,
         owner: owner.to_owned(),

@@ -390,6 +390,84 @@ async fn faults_a_large_artifact_result_survives_a_stalled_router() {
     assert!(s.no_containers_within(10).await.is_empty());
 }
 
+/// Run requests too large for one bus message (2 MB of files each: a
+/// summary, and parts the worker fetches through the router) sent while
+/// the router is killed and started again: each run either ran once,
+/// with its exact file, or was refused and never ran; the answer, the
+/// ledger and usage agree, and no container is left.
+#[actix_rt::test]
+async fn faults_large_run_requests_across_a_router_restart() {
+    let Some(mut s) = stack(StackOpts::default()).await else {
+        return;
+    };
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 2_000_000]);
+    let body = serde_json::json!({
+        "profile": "codex",
+        "args": ["sh", "-c", "test $(wc -c < /tmp/in.bin) -eq 2000000 && grep -qv '[^x]' /tmp/in.bin; echo ran >> /workspace/parts.log; echo whole"],
+        "files": [{"path": "/tmp/in.bin", "content_base64": data}],
+        "timeout_seconds": 60,
+    })
+    .to_string();
+    let mut asked = Vec::new();
+    for i in 0..6 {
+        let (url, token, body) = (
+            format!("{}/api/v1/containers/runs", s.api_url()),
+            s.token.clone(),
+            body.clone(),
+        );
+        asked.push(actix_rt::spawn(async move {
+            crate::support::api::call("POST", &url, Some(&token), Some(&body)).await
+        }));
+        actix_rt::time::sleep(Duration::from_millis(150)).await;
+        if i == 2 {
+            s.kill(Part::Router(0));
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
+            s.restart(Part::Router(0));
+        }
+    }
+    let (mut ran, mut refused) = (0, 0);
+    for handle in asked {
+        let (status, _, v) = handle.await.unwrap();
+        match status {
+            200 => {
+                assert_eq!(v["state"], "succeeded", "{v}");
+                assert_eq!(
+                    v["stdout"], "whole\n",
+                    "the whole file reached the run: {v}"
+                );
+                ran += 1;
+            }
+            503 => {
+                assert_eq!(v["error"]["type"], "unavailable", "{v}");
+                refused += 1;
+            }
+            other => panic!("{other} {v}"),
+        }
+    }
+    // The ledger says what the callers heard, and usage agrees.
+    let (mut succeeded, mut errors) = (0, 0);
+    for run_id in s.latest_runs(6).await {
+        let record = s.settled(&run_id, 60).await;
+        match record["state"].as_str() {
+            Some("succeeded") => succeeded += 1,
+            Some("error") => errors += 1,
+            other => panic!("{other:?}: {record}"),
+        }
+        let usage = s.usage_settled(&run_id, 20).await;
+        agree(&record["result"], &record, &usage);
+    }
+    assert_eq!(
+        (succeeded, errors),
+        (ran, refused),
+        "the ledger agrees with the answers"
+    );
+    eprintln!("fault matrix: 6 runs of 2 MB requests across a router restart → {ran} ran, the rest refused and never ran");
+    assert_eq!(executions(&s, "parts.log"), ran, "a refused run never ran");
+    assert!(ran >= 3, "the runs after the restart go through: {ran}");
+    assert!(s.no_containers_within(10).await.is_empty());
+}
+
 /// Counts the runs that wrote to the stack's workspace.
 fn executions(s: &Stack, file: &str) -> usize {
     std::fs::read_to_string(s.workspace.join(file))

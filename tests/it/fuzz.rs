@@ -101,6 +101,7 @@ proptest! {
                     spec: body.spec,
                     deadline_at: None,
                     accept_by: None,
+                    request_parts: None,
                 };
                 let payload = serde_json::to_value(&request).unwrap();
                 prop_assert_eq!(&payload["owner_account_id"], "alice");

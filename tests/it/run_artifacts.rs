@@ -46,7 +46,16 @@ async fn artifacts_come_back_exactly_to_their_owner_only() {
     if engine().await.is_none() {
         return;
     }
-    let dev = start_dev_with(&["--max-artifact-bytes", "300000"], &[], |_| {});
+    let dev = start_dev_with(
+        &[
+            "--max-artifact-bytes",
+            "300000",
+            "--max-files-bytes",
+            "250000",
+        ],
+        &[],
+        |_| {},
+    );
     let owner = token(&dev);
     let runs = format!("{}/api/v1/containers/runs", dev.url);
     let data = random_bytes(200_000, 29);
@@ -167,6 +176,17 @@ async fn artifacts_come_back_exactly_to_their_owner_only() {
         "some files fit, whole: {:?}",
         files.keys()
     );
+
+    // Files over bus dev's --max-files-bytes: 413.
+    let body = json!({
+        "profile": "codex",
+        "args": ["true"],
+        "files": [{"path": "/workspace/a", "content_base64": b64(&random_bytes(150_000, 3))},
+                  {"path": "/tmp/b", "content_base64": b64(&random_bytes(150_000, 4))}],
+    });
+    let (status, _, v) = call("POST", &runs, Some(&owner), Some(&body.to_string())).await;
+    assert_eq!(status, 413, "{v}");
+    assert_eq!(v["error"]["type"], "payload_too_large", "{v}");
 
     // Refusals: a path outside the writable locations, a bad path.
     for (paths, says) in [
@@ -289,10 +309,12 @@ async fn artifacts_come_back_exactly_to_their_owner_only() {
     eprintln!("run artifacts: 200 kB in and out exactly, owner only, truncated at the limit, removed with the record");
 }
 
-/// A 3 MB artifact out, and a file in, over the Events API and over
-/// NATS: the archive travels in the result's parts (no message over the
-/// bus's limit); the worker's `--max-artifact-bytes` (and its variable)
-/// cut the archive.
+/// A 3 MB file in and back out, over the Events API and over NATS: the
+/// request travels as its summary and parts the worker fetches, the
+/// archive in the result's parts (no message over the bus's limit). The
+/// worker's `--max-artifact-bytes` and `--max-files-bytes` (flags on one
+/// shape, their variables on the other) and the provider's
+/// `--max-files-bytes` hold.
 #[actix_rt::test]
 async fn artifacts_across_the_events_api_and_nats() {
     use crate::support::stack::{Part, Stack, StackOpts};
@@ -301,18 +323,33 @@ async fn artifacts_across_the_events_api_and_nats() {
     }
     for nats in [false, true] {
         let shape = if nats { "NATS" } else { "the Events API" };
-        // The worker's limit, by flag on one shape and by environment on
-        // the other: the third path does not fit.
-        let limit = "3300000".to_owned();
+        // The third path does not fit the archive; the worker takes at
+        // most 3.5 MB of files, the provider 5 MB.
+        let (artifact_limit, files_limit) = ("3100000".to_owned(), "3500000".to_owned());
         let (worker_args, worker_env) = if nats {
-            (vec![], vec![("BUS_MAX_ARTIFACT_BYTES".to_owned(), limit)])
+            (
+                vec![],
+                vec![
+                    ("BUS_MAX_ARTIFACT_BYTES".to_owned(), artifact_limit),
+                    ("BUS_MAX_FILES_BYTES".to_owned(), files_limit),
+                ],
+            )
         } else {
-            (vec!["--max-artifact-bytes".to_owned(), limit], vec![])
+            (
+                vec![
+                    "--max-artifact-bytes".to_owned(),
+                    artifact_limit,
+                    "--max-files-bytes".to_owned(),
+                    files_limit,
+                ],
+                vec![],
+            )
         };
         let Some(mut s) = Stack::start(StackOpts {
             nats,
             worker_args,
             worker_env,
+            api_args: vec!["--max-files-bytes".into(), "5000000".into()],
             ..Default::default()
         })
         .await
@@ -321,12 +358,12 @@ async fn artifacts_across_the_events_api_and_nats() {
             continue;
         };
         s.warm_up().await;
-        let file = random_bytes(200_000, 31);
+        let file = random_bytes(3_000_000, 31);
         let body = json!({
             "profile": "codex",
-            "args": ["sh", "-c", "for i in $(seq 15); do cat in.bin; done > big.bin; cp big.bin big2.bin"],
+            "args": ["sh", "-c", "cp in.bin out.bin; head -c 1000 in.bin > small.bin"],
             "files": [{"path": "/workspace/in.bin", "content_base64": b64(&file)}],
-            "artifacts": ["/workspace/big.bin", "/workspace/in.bin", "/workspace/big2.bin"],
+            "artifacts": ["/workspace/out.bin", "/workspace/small.bin", "/workspace/in.bin"],
             "timeout_seconds": 60,
         });
         let (status, result, took) = s.run(&body.to_string()).await;
@@ -337,19 +374,16 @@ async fn artifacts_across_the_events_api_and_nats() {
         let (status, tar, _) = download(&s.api_url(), run_id, &s.token).await;
         assert_eq!(status, 200, "{shape}");
         let got = entries(&tar);
-        let big = &got["workspace/big.bin"];
-        assert_eq!(big.len(), 3_000_000, "{shape}");
+        let out = &got["workspace/out.bin"];
+        assert_eq!(out.len(), 3_000_000, "{shape}");
         assert!(
-            *big == file.repeat(15),
-            "{shape}: the 3 MB artifact, byte for byte"
+            *out == file,
+            "{shape}: the 3 MB file in and out, byte for byte"
         );
+        assert!(got["workspace/small.bin"] == file[..1000], "{shape}");
         assert!(
-            got["workspace/in.bin"] == file,
-            "{shape}: the file, back out"
-        );
-        assert!(
-            !got.contains_key("workspace/big2.bin") && tar.len() <= 3_300_000,
-            "{shape}: the worker's limit holds: {:?}",
+            !got.contains_key("workspace/in.bin") && tar.len() <= 3_100_000,
+            "{shape}: the worker's artifact limit holds: {:?}",
             got.keys()
         );
         let record = s.record(run_id).await;
@@ -357,8 +391,36 @@ async fn artifacts_across_the_events_api_and_nats() {
             record["result"].get("artifacts_tar_base64").is_none(),
             "{shape}: the ledger never holds the archive"
         );
-        eprintln!(
-            "run artifacts: a 3 MB artifact and a 200 kB file out exactly over {shape} in {took:?}"
+        eprintln!("run artifacts: a 3 MB file in and out exactly over {shape} in {took:?}");
+
+        // Over the worker's files limit (4 MB): 413, and it never ran.
+        let over = |n: usize| {
+            json!({
+                "profile": "codex",
+                "args": ["sh", "-c", "echo ran > /tmp/ran"],
+                "files": [{"path": "/workspace/in.bin", "content_base64": b64(&random_bytes(n, 5))}],
+            })
+            .to_string()
+        };
+        let (status, v, _) = s.run(&over(4_000_000)).await;
+        assert_eq!(status, 413, "{shape}: {v}");
+        assert_eq!(v["error"]["type"], "payload_too_large", "{shape}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("this worker takes at most 3500000"),
+            "{shape}: {v}"
+        );
+        // Over the provider's (5.5 MB): refused before it is sent.
+        let (status, v, _) = s.run(&over(5_500_000)).await;
+        assert_eq!(status, 413, "{shape}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--max-files-bytes"),
+            "{shape}: {v}"
         );
 
         // Past retention the record goes when the provider starts (then

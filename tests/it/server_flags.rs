@@ -339,6 +339,53 @@ fn provider_body_and_retention_flags() {
     assert_eq!(list_runs(&p, &alice).len(), 0);
 }
 
+/// `--max-files-bytes` (here by its variable, `BUS_MAX_FILES_BYTES`) of
+/// `bus api-provider containers`: files over it are 413, and the body
+/// limit grows with it (a 1.2 MB file is over the old 1 MiB body).
+#[test]
+fn provider_files_limit() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = token("alice", ALL);
+    let body = |n: usize| {
+        let data = base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        let path = dir.path().join(format!("body-{n}.json"));
+        std::fs::write(
+            &path,
+            format!(r#"{{"profile":"codex","args":["true"],"files":[{{"path":"/workspace/f","content_base64":"{data}"}}]}}"#),
+        )
+        .unwrap();
+        format!("@{}", path.display())
+    };
+    let mut cmd = bus();
+    cmd.args([
+        "api-provider",
+        "containers",
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ])
+    .args(["--log-format", "json"])
+    .arg("--data-dir")
+    .arg(dir.path())
+    .env("BUS_API_JWT_SECRET", secret())
+    .env("BUS_MAX_FILES_BYTES", "1500000");
+    let p = Process::spawn(cmd);
+    let (code, v) = post_run(&p, &alice, &body(1_200_000));
+    assert_eq!(code, "200", "{v}");
+    let (code, v) = post_run(&p, &alice, &body(1_600_000));
+    assert_eq!(code, "413", "{v}");
+    assert_eq!(v["error"]["type"], "payload_too_large", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1500000 (--max-files-bytes)"),
+        "{v}"
+    );
+}
+
 /// `--billing-backend events`: each run is first checked on the bus; a
 /// billing service (here `bus events listen` and `bus events send
 /// --correlation-id`) that says no makes it 402 with its guidance.

@@ -181,6 +181,18 @@ pub async fn ask<Q: WireRequest>(
 /// Requests on `bus.containers.*` through the bus.
 pub struct BusBackend {
     pub requester: Requester,
+    /// The parts of run requests too large for one message, by run id
+    /// ([`super::payload`]).
+    pub(super) held: std::collections::HashMap<String, super::payload::Held>,
+}
+
+impl BusBackend {
+    pub fn new(requester: Requester) -> Self {
+        BusBackend {
+            requester,
+            held: Default::default(),
+        }
+    }
 }
 
 impl Actor for BusBackend {
@@ -192,10 +204,10 @@ impl Handler<Submit> for BusBackend {
 
     fn handle(&mut self, msg: Submit, _: &mut Self::Context) -> Self::Result {
         let requester = self.requester.clone();
+        let payload = self.payload_of(&msg.request);
         Box::pin(async move {
-            let publication =
-                Publication::new(Kind::Run.request(PUBLIC_PREFIX), encode(&msg.request))
-                    .with_correlation(msg.correlation_id);
+            let publication = Publication::new(Kind::Run.request(PUBLIC_PREFIX), payload)
+                .with_correlation(msg.correlation_id);
             requester
                 .publish(publication)
                 .await
@@ -217,6 +229,7 @@ impl Handler<Withdraw> for BusBackend {
     type Result = ResponseFuture<Result<Withdrawn, ErrorDetail>>;
 
     fn handle(&mut self, msg: Withdraw, _: &mut Self::Context) -> Self::Result {
+        self.release(&msg.run_id);
         let broker = self.requester.broker().clone();
         Box::pin(async move {
             if broker.durable(&Kind::Run.request(PUBLIC_PREFIX)).is_none() {
@@ -250,6 +263,7 @@ impl Handler<Recorded> for BusBackend {
     type Result = ();
 
     fn handle(&mut self, Recorded(r): Recorded, _: &mut Self::Context) {
+        self.release(&r.run_id);
         let requester = self.requester.clone();
         actix_rt::spawn(async move {
             let publication = Publication::new(format!("{PUBLIC_PREFIX}.run.recorded"), encode(&r));

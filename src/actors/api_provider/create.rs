@@ -23,6 +23,14 @@ impl Handler<CreateRun> for ApiProvider {
         if let Err(e) = msg.spec.check() {
             return Box::pin(fut::ready(Err(e.into())));
         }
+        let (size, most) = (msg.spec.files_size(), self.config.max_files_bytes);
+        if size > most {
+            let e = ErrorDetail::new(
+                ErrorType::PayloadTooLarge,
+                format!("files: {size} bytes in all; at most {most} (--max-files-bytes)"),
+            );
+            return Box::pin(fut::ready(Err(e.into())));
+        }
         let billing = self.billing.clone();
         let owner = msg.owner.clone();
         let wait = msg.wait;
@@ -142,6 +150,7 @@ impl ApiProvider {
             spec: msg.spec,
             deadline_at: None,
             accept_by,
+            request_parts: None,
         };
         let submit = Submit {
             request,

@@ -31,6 +31,7 @@ pub mod logs;
 pub use adopt::Adopt;
 pub mod messages;
 mod outcome;
+mod payload;
 mod runs;
 mod status;
 mod status_cache;
@@ -67,6 +68,8 @@ pub struct ProviderConfig {
     pub max_concurrent_runs: usize,
     /// Output kept per run and stream for log followers.
     pub output_cap: usize,
+    /// The most bytes of a run's `files` (decoded, in all): more is 413.
+    pub max_files_bytes: usize,
     /// A run must be accepted by a worker this soon (its `accept_by`);
     /// `contract::ACCEPT_WITHIN` but in tests.
     pub accept_within: Duration,

@@ -198,6 +198,7 @@ fn rig(worker: Worker, tweak: impl FnOnce(&mut ProviderConfig)) -> Rig {
         default_timeout: Duration::from_secs(5),
         max_concurrent_runs: 0,
         output_cap: 1 << 20,
+        max_files_bytes: crate::config::DEFAULT_MAX_FILES_BYTES,
         accept_within: Duration::from_millis(200),
         run_grace: crate::contract::RUN_GRACE,
     };

@@ -104,7 +104,7 @@ impl DockerWorker {
     }
 
     /// A run's final answer; a durable request is acknowledged with it.
-    fn answer(
+    pub(super) fn answer(
         &mut self,
         corr: Option<String>,
         reply: Reply<RunResult>,
@@ -153,19 +153,64 @@ impl DockerWorker {
                 None => {}
             }
         }
+        match request.request_parts {
+            // Its summary: the rest is fetched once it may be taken.
+            Some(parts) if request.run_id.is_some() => {
+                let run_id = request.run_id.clone().unwrap_or_default();
+                if self.refuse(&run_id, &request, &ack, &corr, ctx) {
+                    return;
+                }
+                self.fetch_payload(meta, request, owner, parts, ctx)
+            }
+            _ => self.on_whole_run(meta, request, owner, ctx),
+        }
+    }
+
+    /// A whole run request: planned, then taken (or refused).
+    pub(super) fn on_whole_run(
+        &mut self,
+        meta: crate::actors::bus::Meta,
+        request: RunRequest,
+        owner: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let ack = meta.ack.clone();
+        let corr = meta.correlation_id.clone();
         let plan = match plan_run(&request, &owner, &self.config.settings) {
             Ok(p) => p,
             Err(e) => return self.answer(corr, Reply::Err(e), ack, ctx),
         };
+        if self.refuse(&plan.run_id, &request, &ack, &corr, ctx) {
+            return;
+        }
+        match ack {
+            Some(ack) => self.claim_run(&meta, &request, plan, owner, corr, ack, ctx),
+            None => self.start_session(plan, owner, corr, None, ctx),
+        }
+    }
+
+    /// Refuses a run that came too late or finds the worker unable to
+    /// take it (on a durable queue it goes back instead); `true` when it
+    /// was.
+    fn refuse(
+        &mut self,
+        run_id: &str,
+        request: &RunRequest,
+        ack: &Option<std::sync::Arc<dyn crate::broker::Ack>>,
+        corr: &Option<String>,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let corr = corr.clone();
         if ack.is_none() && past(request.accept_by.as_deref()) {
             // Its requester has stopped waiting for an acceptance (and
             // answered it `unavailable`): it must never run.
-            tracing::warn!(run_id = %plan.run_id, accept_by = ?request.accept_by, "a run request came after its accept-by time; not starting it");
+            tracing::warn!(run_id = %run_id, accept_by = ?request.accept_by, "a run request came after its accept-by time; not starting it");
             let reply = Reply::error(
                 ErrorType::Unavailable,
                 "the run request reached the worker after its accept-by time; it was not started",
             );
-            return self.answer(corr, reply, None, ctx);
+            self.answer(corr, reply, None, ctx);
+            return true;
         }
         let busy = if self.stopping {
             Some("the worker is stopping".to_owned())
@@ -177,24 +222,22 @@ impl DockerWorker {
         } else {
             None
         };
-        if let Some(why) = busy {
-            if let Some(ack) = &ack {
-                // Back to the queue, for another worker or a later try.
-                let delay = if self.stopping {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs(1)
-                };
-                tracing::debug!(run_id = %plan.run_id, reason = %why, "durable run left in the queue");
-                settle("return a durable request", ack.retry_later(delay));
-                return;
-            }
-            return self.answer(corr, Reply::error(ErrorType::Unavailable, why), None, ctx);
+        let Some(why) = busy else {
+            return false;
+        };
+        if let Some(ack) = ack {
+            // Back to the queue, for another worker or a later try.
+            let delay = if self.stopping {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            };
+            tracing::debug!(run_id = %run_id, reason = %why, "durable run left in the queue");
+            settle("return a durable request", ack.retry_later(delay));
+            return true;
         }
-        match ack {
-            Some(ack) => self.claim_run(&meta, &request, plan, owner, corr, ack, ctx),
-            None => self.start_session(plan, owner, corr, None, ctx),
-        }
+        self.answer(corr, Reply::error(ErrorType::Unavailable, why), None, ctx);
+        true
     }
 
     pub(super) fn start_session(

@@ -8,6 +8,8 @@
 //! The worker, by concern:
 //! - [`admit`]: a run request: planned, admitted (or refused), given a
 //!   warm-pool container or started cold in a session
+//! - [`payload`]: a run request that came in parts: fetched from its
+//!   API provider before it goes on
 //! - [`per_run`]: input and delete for the runs it holds
 //! - [`runner_requests`]: status and `runner.*`
 //! - [`lifecycle`]: heartbeats and a graceful shutdown
@@ -24,6 +26,7 @@ mod admit;
 mod durable;
 mod lifecycle;
 pub mod metrics;
+mod payload;
 mod per_run;
 mod results;
 mod runner_requests;
@@ -122,6 +125,9 @@ pub struct DockerWorker {
     sessions: HashMap<String, Live>,
     /// Final results kept until the API provider has recorded them.
     retained: HashMap<String, results::Retained>,
+    /// Runs whose request's parts are being fetched (they count in
+    /// `pending`).
+    fetching: HashMap<String, payload::Fetching>,
     /// Runs being claimed or given a pooled container (they count
     /// against capacity).
     pending: usize,
@@ -202,6 +208,7 @@ impl DockerWorker {
             publisher,
             sessions: HashMap::new(),
             retained: HashMap::new(),
+            fetching: HashMap::new(),
             pending: 0,
             durable,
             instance,
@@ -240,6 +247,15 @@ impl DockerWorker {
                 SubscribeSpec::broadcast(format!("{prefix}.run.recorded"))
                     .consumer(worker_id.clone()),
                 events::<RunRecorded>(),
+                addr.clone().recipient(),
+            )
+            .await?
+            .recipient(),
+            Subscription::start_decoded(
+                broker.clone(),
+                SubscribeSpec::broadcast(format!("{prefix}.run.payload.part"))
+                    .consumer(worker_id.clone()),
+                events::<crate::contract::parts::PayloadPart>(),
                 addr.clone().recipient(),
             )
             .await?

@@ -13,20 +13,18 @@
 use super::durable::{mark_done, Task};
 use super::DockerWorker;
 use crate::actors::bus::Incoming;
+use crate::contract::parts::parts_of;
 use crate::contract::replies::{RunFate, RunQuery, RunQueryAnswer};
 use crate::contract::{
     encode, Kind, Malformed, Publication, Reply, ResultPart, RunRecorded, RunResult, WorkerReply,
 };
 use actix::prelude::*;
-use base64::Engine;
 use std::time::{Duration, Instant};
 
 /// The first resend comes this long after the first send.
 const FIRST_RESEND: Duration = Duration::from_secs(2);
 /// Resends are never further apart than this.
 const MAX_RESEND: Duration = Duration::from_secs(30);
-/// Room left in a bus message for the envelope around a payload.
-const ENVELOPE_ROOM: usize = 8 << 10;
 
 /// A final result kept until it is recorded.
 pub(super) struct Retained {
@@ -52,29 +50,21 @@ pub fn split(
     result: &RunResult,
     limit: Option<usize>,
 ) -> (Vec<ResultPart>, serde_json::Value) {
-    let Some(limit) = limit else {
+    let bytes = serde_json::to_vec(&payload).expect("a payload serialises");
+    let Some(pieces) = parts_of(&bytes, limit) else {
         return (Vec::new(), payload);
     };
-    let bytes = serde_json::to_vec(&payload).expect("a payload serialises");
-    let room = limit.saturating_sub(ENVELOPE_ROOM).max(4096);
-    if bytes.len() <= room {
-        return (Vec::new(), payload);
-    }
-    // base64 makes 4 bytes of 3.
-    let chunk = (room / 4) * 3;
-    let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
     let parts = pieces.len() as u32;
-    let b64 = base64::engine::general_purpose::STANDARD;
     let parts: Vec<ResultPart> = pieces
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, piece)| ResultPart {
+        .map(|(i, data_base64)| ResultPart {
             run_id: result.run_id.clone(),
             owner_account_id: result.owner_account_id.clone(),
             worker_id: result.worker_id.clone(),
             part: i as u32,
             parts,
-            data_base64: b64.encode(piece),
+            data_base64,
         })
         .collect();
     let summary = RunResult {
@@ -254,6 +244,13 @@ impl DockerWorker {
             live.correlation_ids.push(correlation_id.to_owned());
             return Some(Ok(()));
         }
+        if let Some(f) = self.fetching.get_mut(run_id) {
+            if f.owner != owner {
+                return Some(Err(()));
+            }
+            f.correlation_ids.push(correlation_id.to_owned());
+            return Some(Ok(()));
+        }
         let kept = self.retained.get_mut(run_id)?;
         if kept.owner != owner {
             return Some(Err(()));
@@ -302,8 +299,10 @@ impl Handler<Incoming<Result<RunQuery, Malformed>>> for DockerWorker {
                 result,
             })
         };
+        let fetching = self.fetching.get(&q.run_id).map(|f| f.owner.as_str());
         let reply = match (self.sessions.get(&q.run_id), self.retained.get(&q.run_id)) {
             (Some(live), _) if live.owner == owner => answer(RunFate::Running, None),
+            _ if fetching == Some(owner.as_str()) => answer(RunFate::Running, None),
             (_, Some(kept)) if kept.owner == owner => {
                 // A result too large for one message: the answer is its
                 // summary, and its parts follow (as when it is sent again).
@@ -362,11 +361,15 @@ mod tests {
             parts.len()
         );
         for p in &parts {
-            assert!(serde_json::to_vec(&encode(p)).unwrap().len() < (1 << 20) - ENVELOPE_ROOM / 2);
+            assert!(
+                serde_json::to_vec(&encode(p)).unwrap().len()
+                    < (1 << 20) - crate::contract::parts::ENVELOPE_ROOM / 2
+            );
         }
         assert!(serde_json::to_vec(&summary).unwrap().len() < 4096);
         assert_eq!(summary["result_parts"], parts.len());
         assert_eq!(summary["stdout"], "");
+        use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         let rebuilt: Vec<u8> = parts
             .iter()

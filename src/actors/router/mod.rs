@@ -310,11 +310,30 @@ impl Router {
                 router.clone().recipient(),
             )
             .await?;
+            // A run request in parts: its worker's pull goes to the
+            // providers, the parts come back to the backend's prefix.
+            let pulls = Subscription::start_decoded(
+                broker.clone(),
+                event("run.payload.pull"),
+                events::<crate::contract::parts::PayloadPull>(),
+                router.clone().recipient(),
+            )
+            .await?;
+            let payload_parts = Subscription::start_decoded(
+                broker.clone(),
+                SubscribeSpec::unicast(format!("{PUBLIC_PREFIX}.run.payload.part"), ROUTER_GROUP)
+                    .consumer("router"),
+                events::<crate::contract::parts::PayloadPart>(),
+                router.clone().recipient(),
+            )
+            .await?;
             subs.extend([
                 accepted.recipient(),
                 parts.recipient(),
                 results.recipient(),
                 recorded.recipient(),
+                pulls.recipient(),
+                payload_parts.recipient(),
             ]);
             for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Run) {
                 requester.listen(&k.response(prefix)).await?;

@@ -1,12 +1,14 @@
 //! What the router relays without keeping any state: the backend's run
 //! events (`run.started`, `run.output`, `run.accepted`,
-//! `run.result.part`) and the workers' answers to runs, to the public
-//! names under their correlation ids, and the API provider's
-//! `run.recorded` back to the backend — all in arrival order, through one
+//! `run.result.part`, `run.payload.pull`) and the workers' answers to
+//! runs, to the public names under their correlation ids, and the API
+//! provider's `run.recorded` and `run.payload.part` back to the backend —
+//! all in arrival order, through one
 //! [`Relay`](crate::actors::bus::relay::Relay).
 
 use super::{unsigned, Router, RouterBackend};
 use crate::actors::bus::Incoming;
+use crate::contract::parts::{PayloadPart, PayloadPull};
 use crate::contract::{
     encode, ErrorType, Kind, Malformed, Publication, Reply, ResultPart, RunAccepted, RunOutput,
     RunRecorded, RunResult, RunStarted, WorkerReply, PUBLIC_PREFIX,
@@ -98,6 +100,24 @@ impl Handler<RunAnswer> for Router {
             let relay = self.relay.clone();
             ctx.wait(async move { relay.send(publication).await }.into_actor(self));
         }
+    }
+}
+
+impl Handler<Incoming<PayloadPull>> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Incoming<PayloadPull>, ctx: &mut Self::Context) {
+        self.relay("run.payload.pull", msg, ctx);
+    }
+}
+
+impl Handler<Incoming<PayloadPart>> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Incoming<PayloadPart>, ctx: &mut Self::Context) {
+        let RouterBackend::Events { prefix } = &self.config.backend else {
+            return;
+        };
+        let name = format!("{prefix}.run.payload.part");
+        self.relay_as(name, msg, ctx);
     }
 }
 

@@ -47,7 +47,7 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "[dev]\nmax_concurrent_runs = 0\n[worker]\ncapacity = {capacity}\nallowed_images = [\"{}\"]\n[profiles.codex]\nimage = \"{}\"\n",
+                "[dev]\nmax_concurrent_runs = 0\n[worker]\ncapacity = {capacity}\nmax_files_bytes = 33554432\nallowed_images = [\"{}\"]\n[profiles.codex]\nimage = \"{}\"\n",
                 image, image
             ),
         )?;

@@ -55,6 +55,7 @@ pub fn options() -> ContainersOptions {
         },
         output_cap_bytes: 1 << 20,
         max_body_bytes: 1 << 20,
+        max_files_bytes: bus_containers::config::DEFAULT_MAX_FILES_BYTES,
         streams: Default::default(),
         heartbeat: Duration::from_secs(15),
         workers: 1,

@@ -455,6 +455,23 @@ impl Stack {
         }
     }
 
+    /// The ids of the newest `n` runs of the stack's account.
+    pub async fn latest_runs(&self, n: usize) -> Vec<String> {
+        let (_, _, v) = call(
+            "GET",
+            &format!("{}/api/v1/containers/runs?limit={n}", self.api_url()),
+            Some(&self.token),
+            None,
+        )
+        .await;
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["run_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// The newest run of the stack's account.
     pub async fn latest_run(&self) -> String {
         let (_, _, v) = call(
