@@ -448,7 +448,7 @@ async fn faults_large_run_requests_across_a_router_restart() {
     // The ledger says what the callers heard, and usage agrees.
     let (mut succeeded, mut errors) = (0, 0);
     for run_id in s.latest_runs(6).await {
-        let record = s.settled(&run_id, 60).await;
+        let record = s.settled(&run_id, 120).await;
         match record["state"].as_str() {
             Some("succeeded") => succeeded += 1,
             Some("error") => errors += 1,

@@ -121,40 +121,51 @@ async fn artifacts_come_back_exactly_to_their_owner_only() {
     assert_eq!(status, 200);
     assert_eq!(entries(&tar)["tmp/p.txt"], b"partial\n");
 
-    // A path through a symbolic link is not followed (the engine would
-    // read its target as root); a link at the path is kept as the link.
+    // A path that is or passes through a symbolic link is not followed
+    // (the engine would read its target as root); a link inside a listed
+    // directory is kept as the link.
     let body = json!({
         "profile": "codex",
-        "args": ["sh", "-c", "ln -s /etc l && ln -s /etc/passwd h && echo ok > /tmp/ok"],
-        "artifacts": ["/workspace/l/passwd", "/workspace/h", "/tmp/ok"],
+        "args": ["sh", "-c", "ln -s /etc l && ln -s /etc/passwd h && mkdir d && ln -s /etc/passwd d/p && echo ok > /tmp/ok"],
+        "artifacts": ["/workspace/l/passwd", "/workspace/h", "/workspace/d", "/tmp/ok"],
         "timeout_seconds": 60,
     });
     let (_, _, linked) = call("POST", &runs, Some(&owner), Some(&body.to_string())).await;
     assert_eq!(linked["state"], "succeeded", "{linked}");
     let a = &linked["artifacts"];
-    assert_eq!(a["missing"], json!(["/workspace/l/passwd"]), "{a}");
-    assert_eq!(a["paths"], json!(["/workspace/h", "/tmp/ok"]), "{a}");
+    assert_eq!(
+        a["missing"],
+        json!(["/workspace/l/passwd", "/workspace/h"]),
+        "{a}"
+    );
+    assert_eq!(a["paths"], json!(["/workspace/d", "/tmp/ok"]), "{a}");
     assert!(
         a["error"].as_str().unwrap_or("").contains("symbolic link"),
         "{a}"
     );
     let (_, tar, _) = download(&dev.url, linked["run_id"].as_str().unwrap(), &owner).await;
-    let kinds: Vec<(String, bool)> = tar::Archive::new(tar.as_slice())
+    let kinds: Vec<(String, bool, u64)> = tar::Archive::new(tar.as_slice())
         .entries()
         .unwrap()
         .map(|e| e.unwrap())
         .map(|e| {
             let link = e.header().entry_type().is_symlink();
-            (e.path().unwrap().display().to_string(), link)
+            (
+                e.path().unwrap().display().to_string(),
+                link,
+                e.header().size().unwrap(),
+            )
         })
         .collect();
-    assert_eq!(
-        kinds,
-        [
-            ("workspace/h".to_owned(), true),
-            ("tmp/ok".to_owned(), false)
-        ],
-        "no file of /etc in the archive"
+    assert!(
+        kinds.contains(&("workspace/d/p".to_owned(), true, 0)),
+        "the link inside d is a link: {kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .all(|(name, link, size)| *link || *size == 0 || name == "tmp/ok"),
+        "no file of /etc in the archive: {kinds:?}"
     );
 
     // Past the limit: the archive stops whole, and says truncated.

@@ -13,6 +13,7 @@ use crate::actors::bus::Incoming;
 use crate::contract::parts::{parts_of, PayloadPart, PayloadPull};
 use crate::contract::{encode, Publication, RunRequest, RunSpec, PUBLIC_PREFIX};
 use actix::prelude::*;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,10 @@ pub struct Held {
     owner: String,
     parts: Arc<Vec<String>>,
     at: Instant,
+    /// Parts are being sent now; those asked for meanwhile go next, so
+    /// sends of one request never overlap.
+    sending: bool,
+    queued: BTreeSet<u32>,
 }
 
 impl Held {
@@ -62,6 +67,8 @@ impl BusBackend {
                 owner: request.owner_account_id.clone().unwrap_or_default(),
                 parts: Arc::new(parts),
                 at: Instant::now(),
+                sending: false,
+                queued: BTreeSet::new(),
             },
         );
         encode(&summary)
@@ -95,36 +102,72 @@ impl BusBackend {
 impl Handler<Incoming<PayloadPull>> for BusBackend {
     type Result = ();
 
-    fn handle(&mut self, msg: Incoming<PayloadPull>, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Incoming<PayloadPull>, ctx: &mut Self::Context) {
         let pull = msg.body;
-        let Some(held) = self.held.get(&pull.run_id) else {
+        let Some(held) = self.held.get_mut(&pull.run_id) else {
             return; // Another provider's run, or no longer held.
         };
         if !msg.meta.service || held.owner != pull.owner_account_id {
             tracing::warn!(run_id = %pull.run_id, from = %msg.meta.identity_id, "a pull for a run request's parts refused");
             return;
         }
+        let n = held.parts.len() as u32;
+        held.queued
+            .extend(pull.parts.iter().copied().filter(|i| *i < n));
+        self.send_parts(&pull.run_id, pull.worker_id, msg.meta.correlation_id, ctx);
+    }
+}
+
+impl BusBackend {
+    /// Sends the parts of `run_id` asked for, one send at a time.
+    fn send_parts(
+        &mut self,
+        run_id: &str,
+        worker_id: String,
+        correlation_id: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(held) = self.held.get_mut(run_id) else {
+            return;
+        };
+        if held.sending || held.queued.is_empty() {
+            return;
+        }
+        held.sending = true;
+        let wanted = std::mem::take(&mut held.queued);
         let (parts, requester) = (held.parts.clone(), self.requester.clone());
-        let correlation = msg.meta.correlation_id;
-        actix_rt::spawn(async move {
-            let n = parts.len() as u32;
-            for i in pull.parts.iter().copied().filter(|i| *i < n) {
-                let part = PayloadPart {
-                    run_id: pull.run_id.clone(),
-                    owner_account_id: pull.owner_account_id.clone(),
-                    worker_id: pull.worker_id.clone(),
-                    part: i,
-                    parts: n,
-                    data_base64: parts[i as usize].clone(),
-                };
-                let mut p =
-                    Publication::new(format!("{PUBLIC_PREFIX}.run.payload.part"), encode(&part));
-                p.correlation_id = correlation.clone();
-                if let Err(e) = requester.publish(p).await {
-                    tracing::warn!(run_id = %pull.run_id, error = %e, "a part of a run request was not sent (the worker asks again)");
-                    return;
+        let (run_id, owner) = (run_id.to_owned(), held.owner.clone());
+        let n = parts.len() as u32;
+        ctx.spawn(
+            async move {
+                for i in wanted {
+                    let part = PayloadPart {
+                        run_id: run_id.clone(),
+                        owner_account_id: owner.clone(),
+                        worker_id: worker_id.clone(),
+                        part: i,
+                        parts: n,
+                        data_base64: parts[i as usize].clone(),
+                    };
+                    let mut p = Publication::new(
+                        format!("{PUBLIC_PREFIX}.run.payload.part"),
+                        encode(&part),
+                    );
+                    p.correlation_id = correlation_id.clone();
+                    if let Err(e) = requester.publish(p).await {
+                        tracing::warn!(run_id = %run_id, error = %e, "a part of a run request was not sent (the worker asks again)");
+                        break;
+                    }
                 }
+                (run_id, worker_id, correlation_id)
             }
-        });
+            .into_actor(self)
+            .map(|(run_id, worker_id, correlation_id), act, ctx| {
+                if let Some(held) = act.held.get_mut(&run_id) {
+                    held.sending = false;
+                }
+                act.send_parts(&run_id, worker_id, correlation_id, ctx);
+            }),
+        );
     }
 }

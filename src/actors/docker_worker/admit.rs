@@ -136,6 +136,18 @@ impl DockerWorker {
         // Every copy of a run (a retried publish, a redelivery, a second
         // router's forward) is that run: it waits for its one result.
         if let (Some(run_id), Some(c)) = (request.run_id.clone(), corr.as_deref()) {
+            // A copy of a run whose request is being fetched waits for it.
+            match self.join_fetch(&run_id, &owner, &meta) {
+                Some(Ok(())) => return,
+                Some(Err(())) => {
+                    let reply = Reply::error(
+                        ErrorType::Forbidden,
+                        format!("run {run_id} belongs to another account"),
+                    );
+                    return self.answer(corr, reply, ack, ctx);
+                }
+                None => {}
+            }
             match self.join_copy(&run_id, &owner, c, ctx) {
                 Some(Ok(())) => {
                     if let Some(ack) = &ack {
@@ -153,16 +165,22 @@ impl DockerWorker {
                 None => {}
             }
         }
-        match request.request_parts {
+        match (request.request_parts, request.run_id.clone()) {
             // Its summary: the rest is fetched once it may be taken.
-            Some(parts) if request.run_id.is_some() => {
-                let run_id = request.run_id.clone().unwrap_or_default();
+            (Some(parts), Some(run_id)) => {
                 if self.refuse(&run_id, &request, &ack, &corr, ctx) {
                     return;
                 }
                 self.fetch_payload(meta, request, owner, parts, ctx)
             }
-            _ => self.on_whole_run(meta, request, owner, ctx),
+            (Some(_), None) => {
+                let reply = Reply::error(
+                    ErrorType::BadRequest,
+                    "a run request in parts must name its run_id",
+                );
+                self.answer(corr, reply, ack, ctx)
+            }
+            (None, _) => self.on_whole_run(meta, request, owner, ctx),
         }
     }
 

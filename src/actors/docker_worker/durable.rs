@@ -336,6 +336,7 @@ impl DockerWorker {
         let forget = self.ack_wait() * 10;
         self.suspects
             .retain(|_, (_, since)| since.elapsed() < forget);
+        self.keep_fetches_alive();
         let broker = self.publisher.broker().clone();
         for (run_id, live) in &self.sessions {
             let Some(Task {

@@ -63,6 +63,7 @@ impl Handler<Shutdown> for DockerWorker {
             for live in self.sessions.values() {
                 live.seat.cancel.do_send(Cancel);
             }
+            self.abandon_fetches(ctx);
             if let Some(r) = &self.runner {
                 r.stopped.do_send(runner::MarkStopped);
             }

@@ -55,6 +55,22 @@ impl Handler<Incoming<Result<DeleteRequest, crate::contract::Malformed>>> for Do
             return;
         };
         let corr = msg.meta.correlation_id;
+        let run_id = msg.body.run_id.clone();
+        let fetching = self.fetching.get(&run_id).map(|f| f.owner == owner);
+        if fetching == Some(true) {
+            // Deleted before it started: it never will.
+            let reply = Reply::error(
+                ErrorType::NotFound,
+                format!("run {run_id} was deleted before it started"),
+            );
+            self.abandon_fetch(&run_id, reply, ctx);
+            let reply = Reply::Ok(Deleted {
+                deleted: true,
+                run_id,
+                owner_account_id: owner,
+            });
+            return self.reply::<DeleteRequest>(corr, reply, ctx);
+        }
         let Some(seat) = self.held(&msg.body, &owner, corr.clone(), ctx) else {
             return;
         };

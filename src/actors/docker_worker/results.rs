@@ -244,13 +244,7 @@ impl DockerWorker {
             live.correlation_ids.push(correlation_id.to_owned());
             return Some(Ok(()));
         }
-        if let Some(f) = self.fetching.get_mut(run_id) {
-            if f.owner != owner {
-                return Some(Err(()));
-            }
-            f.correlation_ids.push(correlation_id.to_owned());
-            return Some(Ok(()));
-        }
+
         let kept = self.retained.get_mut(run_id)?;
         if kept.owner != owner {
             return Some(Err(()));

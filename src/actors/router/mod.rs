@@ -109,6 +109,12 @@ impl Router {
     /// (`bus.containers.router.heartbeat`): the API provider tells a
     /// departed worker from a broken path by it.
     fn heartbeat(&self) {
+        // Until every live worker has had time to beat once, a list of
+        // the workers heard would leave some out — and the provider takes
+        // a worker a live router does not list for gone.
+        if self.born.elapsed() < self.config.discovery_wait {
+            return;
+        }
         let (registry, requester, router_id) = (
             self.registry.clone(),
             self.requester.clone(),
@@ -161,6 +167,8 @@ pub struct Router {
     relay: Relay,
     /// This router (its bus identity and a fresh id per start).
     router_id: String,
+    /// When it started: it says which workers live only once it can know.
+    born: std::time::Instant,
 }
 
 impl Router {
@@ -219,6 +227,7 @@ impl Router {
             registry,
             subscriptions: Vec::new(),
             relay: Relay::start(requester.clone(), 4096),
+            born: std::time::Instant::now(),
             router_id: format!(
                 "{}-{}",
                 requester.identity().sub,

@@ -106,6 +106,10 @@ impl Handler<RunAnswer> for Router {
 impl Handler<Incoming<PayloadPull>> for Router {
     type Result = ();
     fn handle(&mut self, msg: Incoming<PayloadPull>, ctx: &mut Self::Context) {
+        // Only a worker (a service) asks; the provider trusts the relay.
+        if !msg.meta.service {
+            return;
+        }
         self.relay("run.payload.pull", msg, ctx);
     }
 }
@@ -113,6 +117,9 @@ impl Handler<Incoming<PayloadPull>> for Router {
 impl Handler<Incoming<PayloadPart>> for Router {
     type Result = ();
     fn handle(&mut self, msg: Incoming<PayloadPart>, ctx: &mut Self::Context) {
+        if !msg.meta.service {
+            return;
+        }
         let RouterBackend::Events { prefix } = &self.config.backend else {
             return;
         };

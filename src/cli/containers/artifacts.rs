@@ -44,7 +44,22 @@ pub async fn download(
         });
     let mut tar = Vec::new();
     let mut bytes = 0u64;
-    while let Some(chunk) = resp.next().await {
+    // --timeout bounds each wait for the next bytes, not the whole
+    // download: a large archive takes as long as it takes, a stalled one
+    // ends.
+    let idle = client.timeout();
+    loop {
+        let next = actix_rt::time::timeout(idle, resp.next())
+            .await
+            .map_err(|_| {
+                Failure::error(format!(
+                    "the download stalled: no bytes for {} (after {bytes}; see --timeout)",
+                    crate::parse::format_duration(idle)
+                ))
+            })?;
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = chunk.map_err(|e| Failure::error(format!("the download broke: {e}")))?;
         bytes += chunk.len() as u64;
         if let Some(bar) = &progress {

@@ -146,22 +146,20 @@ impl DockerRuntime {
 /// Go's `os.ModeSymlink`, as the engine reports a path's mode.
 const GO_MODE_SYMLINK: u32 = 1 << 27;
 
-/// Why `path` is not archived when one of its directories is a symbolic
-/// link: the engine resolves a path's directories (as root, within the
+/// Why `path` is not archived when it or one of its directories is a
+/// symbolic link: the engine resolves a path (as root, within the
 /// container), so `/workspace/l/x` with `l -> /etc` would read `/etc/x`,
-/// which the run's own user may not read. A link at the path itself is
-/// archived as the link.
+/// which the run's own user may not read; and an engine may follow a
+/// link at the path itself. Links inside a listed directory are archived
+/// as links.
 async fn through_link(
     client: &bollard::Docker,
     container: &str,
     path: &str,
 ) -> Result<Option<String>, RuntimeError> {
     let path = std::path::Path::new(path);
-    let mut dirs: Vec<&std::path::Path> = path
-        .ancestors()
-        .skip(1)
-        .filter(|p| p.parent().is_some())
-        .collect();
+    let mut dirs: Vec<&std::path::Path> =
+        path.ancestors().filter(|p| p.parent().is_some()).collect();
     dirs.reverse();
     for dir in dirs {
         let options = bollard::query_parameters::ContainerArchiveInfoOptions {
