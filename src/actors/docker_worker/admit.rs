@@ -136,21 +136,16 @@ impl DockerWorker {
         // Every copy of a run (a retried publish, a redelivery, a second
         // router's forward) is that run: it waits for its one result.
         if let (Some(run_id), Some(c)) = (request.run_id.clone(), corr.as_deref()) {
-            // A copy of a run whose request is being fetched waits for it.
-            match self.join_fetch(&run_id, &owner, &meta) {
-                Some(Ok(())) => return,
-                Some(Err(())) => {
-                    let reply = Reply::error(
-                        ErrorType::Forbidden,
-                        format!("run {run_id} belongs to another account"),
-                    );
-                    return self.answer(corr, reply, ack, ctx);
-                }
-                None => {}
-            }
-            match self.join_copy(&run_id, &owner, c, ctx) {
+            // A copy of a run whose request is being fetched waits for
+            // it (a durable one stays unacknowledged: it is that request).
+            let fetching = self.join_fetch(&run_id, &owner, &meta);
+            let joined = match fetching {
+                Some(joined) => Some(joined),
+                None => self.join_copy(&run_id, &owner, c, ctx),
+            };
+            match joined {
                 Some(Ok(())) => {
-                    if let Some(ack) = &ack {
+                    if let (Some(ack), None) = (&ack, fetching) {
                         settle("acknowledge a durable request", ack.done());
                     }
                     return;
@@ -258,6 +253,26 @@ impl DockerWorker {
         true
     }
 
+    /// `run.accepted`: this worker has the run (and enforces `timeout`).
+    pub(super) fn say_accepted(&self, run_id: &str, owner: &str, timeout: Option<u64>) {
+        let accepted = RunAccepted {
+            run_id: run_id.to_owned(),
+            owner_account_id: owner.to_owned(),
+            worker_id: self.config.worker_id().to_owned(),
+            timeout_seconds: timeout,
+        };
+        let publication = Publication::new(
+            format!("{}.run.accepted", self.config.prefix),
+            encode(&accepted),
+        );
+        let publisher = self.publisher.clone();
+        actix_rt::spawn(async move {
+            if let Err(e) = publisher.publish(publication).await {
+                tracing::debug!(error = %e, "run.accepted not published");
+            }
+        });
+    }
+
     pub(super) fn start_session(
         &mut self,
         plan: RunPlan,
@@ -322,22 +337,7 @@ impl DockerWorker {
         };
         let run_id = plan.run_id.clone();
         tracing::info!(run_id = %run_id, owner = %owner, image = %plan.image, durable = task.is_some(), pooled = pooled.is_some(), "run accepted");
-        let accepted = RunAccepted {
-            run_id: run_id.clone(),
-            owner_account_id: owner.clone(),
-            worker_id: self.config.worker_id().to_owned(),
-            timeout_seconds: Some(plan.timeout.as_secs()),
-        };
-        let publication = Publication::new(
-            format!("{}.run.accepted", self.config.prefix),
-            encode(&accepted),
-        );
-        let publisher = self.publisher.clone();
-        actix_rt::spawn(async move {
-            if let Err(e) = publisher.publish(publication).await {
-                tracing::debug!(error = %e, "run.accepted not published");
-            }
-        });
+        self.say_accepted(&run_id, &owner, Some(plan.timeout.as_secs()));
         let seat = (self.config.seats.session)(plan, cx, ctx.address().recipient(), pooled);
         self.sessions.insert(
             run_id,

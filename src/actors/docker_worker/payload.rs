@@ -18,7 +18,7 @@ use super::DockerWorker;
 use crate::actors::bus::requester::Requester;
 use crate::actors::bus::{Incoming, Meta};
 use crate::contract::parts::{assemble, PayloadPart, PayloadPull};
-use crate::contract::{encode, ErrorType, Publication, Reply, RunAccepted, RunRequest};
+use crate::contract::{encode, ErrorType, Publication, Reply, RunRequest};
 use actix::prelude::*;
 use base64::Engine;
 use std::collections::BTreeMap;
@@ -212,22 +212,7 @@ impl DockerWorker {
         if meta.ack.is_none() {
             // Taken within its accept-by time: its requester waits for
             // its answer, whatever the fetch brings.
-            let accepted = RunAccepted {
-                run_id: run_id.clone(),
-                owner_account_id: owner.clone(),
-                worker_id: self.config.worker_id().to_owned(),
-                timeout_seconds: None,
-            };
-            let p = Publication::new(
-                format!("{}.run.accepted", self.config.prefix),
-                encode(&accepted),
-            );
-            let publisher = self.publisher.clone();
-            actix_rt::spawn(async move {
-                if let Err(e) = publisher.publish(p).await {
-                    tracing::debug!(error = %e, "run.accepted not published");
-                }
-            });
+            self.say_accepted(&run_id, &owner, None);
         }
         let fetch = PayloadFetch {
             pull: PayloadPull {
