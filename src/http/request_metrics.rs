@@ -2,8 +2,10 @@
 //! raw path, so run ids do not explode the label set).
 
 use crate::metrics::Metrics;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceRequest;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// The families, registered once per process.
@@ -56,13 +58,71 @@ pub fn route_of(req: &ServiceRequest) -> String {
         .unwrap_or_else(|| "unmatched".to_owned())
 }
 
-/// Observes a finished request.
-pub fn finish<B>(
-    m: &RequestMetrics,
-    method: &str,
-    route: &str,
-    started: Instant,
-    res: &ServiceResponse<B>,
-) {
-    m.observe(method, route, res.status().as_u16(), started);
+/// One server worker's view of the families: each route's label handles
+/// resolved once, and the route of each fixed path (one whose pattern is
+/// the path itself, like `/healthz`) remembered, so a request costs no
+/// label hashing, no allocation and no route scan after the first.
+pub struct LocalMetrics {
+    shared: RequestMetrics,
+    routes: std::cell::RefCell<HashMap<String, Rc<str>>>,
+    counters: std::cell::RefCell<HashMap<CounterKey, prometheus::IntCounter>>,
+    latencies: std::cell::RefCell<HashMap<Rc<str>, prometheus::Histogram>>,
+}
+
+/// A request counter's labels: method, route, status.
+type CounterKey = (actix_web::http::Method, Rc<str>, u16);
+
+/// At most this many fixed paths are remembered per worker.
+const MAX_FIXED_ROUTES: usize = 256;
+
+impl LocalMetrics {
+    pub fn new(shared: RequestMetrics) -> Self {
+        LocalMetrics {
+            shared,
+            routes: Default::default(),
+            counters: Default::default(),
+            latencies: Default::default(),
+        }
+    }
+
+    /// The route label of a request.
+    pub fn route(&self, req: &ServiceRequest) -> Rc<str> {
+        if let Some(route) = self.routes.borrow().get(req.path()) {
+            return route.clone();
+        }
+        let route: Rc<str> = route_of(req).into();
+        let mut routes = self.routes.borrow_mut();
+        if *route == *req.path() && routes.len() < MAX_FIXED_ROUTES {
+            routes.insert(req.path().to_owned(), route.clone());
+        }
+        route
+    }
+
+    pub fn observe(
+        &self,
+        method: &actix_web::http::Method,
+        route: &Rc<str>,
+        status: u16,
+        started: Instant,
+    ) {
+        let key = (method.clone(), route.clone(), status);
+        let counter = self.counters.borrow().get(&key).cloned();
+        let counter = counter.unwrap_or_else(|| {
+            let c = self.shared.requests.with_label_values(&[
+                method.as_str(),
+                route,
+                &status.to_string(),
+            ]);
+            self.counters.borrow_mut().insert(key, c.clone());
+            c
+        });
+        counter.inc();
+        let latency = self.latencies.borrow().get(route).cloned();
+        let latency = latency.unwrap_or_else(|| {
+            let h = self.shared.latency.with_label_values(&[route]);
+            self.latencies.borrow_mut().insert(route.clone(), h.clone());
+            h
+        });
+        latency.observe(started.elapsed().as_secs_f64());
+    }
 }

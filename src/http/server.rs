@@ -99,18 +99,20 @@ pub fn start_containers(
 ) -> std::io::Result<Server> {
     use actix_web::dev::Service;
     let server = HttpServer::new(move || {
-        let (api, probes, metrics) = (api.clone(), probes.clone(), metrics.clone());
+        let (api, probes) = (api.clone(), probes.clone());
+        // Per server worker: its label handles and fixed routes.
+        let local = std::rc::Rc::new(super::request_metrics::LocalMetrics::new(metrics.clone()));
         App::new()
             .wrap(from_fn(super::limits::head))
             .wrap_fn(move |req, srv| {
                 let started = std::time::Instant::now();
-                let method = req.method().to_string();
-                let route = super::request_metrics::route_of(&req);
-                let metrics = metrics.clone();
+                let method = req.method().clone();
+                let route = local.route(&req);
+                let local = local.clone();
                 let fut = srv.call(req);
                 async move {
                     let res = fut.await?;
-                    super::request_metrics::finish(&metrics, &method, &route, started, &res);
+                    local.observe(&method, &route, res.status().as_u16(), started);
                     Ok(res)
                 }
             })

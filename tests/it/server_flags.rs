@@ -197,6 +197,11 @@ fn events_api_flags() {
 }
 
 fn provider_with(data: &std::path::Path, flags: &[&str]) -> Process {
+    Process::spawn(provider_command(data, flags))
+}
+
+/// `bus api-provider containers` on port 0 with `data` and `flags`.
+fn provider_command(data: &std::path::Path, flags: &[&str]) -> Command {
     let mut cmd = bus();
     cmd.args([
         "api-provider",
@@ -212,7 +217,7 @@ fn provider_with(data: &std::path::Path, flags: &[&str]) -> Process {
     .arg(data)
     .args(flags)
     .env("BUS_API_JWT_SECRET", secret());
-    Process::spawn(cmd)
+    cmd
 }
 
 fn curl_json(args: &[&str]) -> (String, serde_json::Value) {
@@ -357,20 +362,8 @@ fn provider_files_limit() {
         .unwrap();
         format!("@{}", path.display())
     };
-    let mut cmd = bus();
-    cmd.args([
-        "api-provider",
-        "containers",
-        "--addr",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-    ])
-    .args(["--log-format", "json"])
-    .arg("--data-dir")
-    .arg(dir.path())
-    .env("BUS_API_JWT_SECRET", secret())
-    .env("BUS_MAX_FILES_BYTES", "1500000");
+    let mut cmd = provider_command(dir.path(), &[]);
+    cmd.env("BUS_MAX_FILES_BYTES", "1500000");
     let p = Process::spawn(cmd);
     let (code, v) = post_run(&p, &alice, &body(1_200_000));
     assert_eq!(code, "200", "{v}");
@@ -383,6 +376,54 @@ fn provider_files_limit() {
             .unwrap()
             .contains("at most 1500000 (--max-files-bytes)"),
         "{v}"
+    );
+}
+
+/// Request metrics by route pattern: a fixed path, a path with a run id
+/// (its pattern, never the id) and an unmatched one, each counted by
+/// method and status.
+#[test]
+fn request_metrics_count_by_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = token("alice", ALL);
+    let p = provider_with(dir.path(), &[]);
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-H", &format!("Authorization: Bearer {alice}")])
+            .arg(format!("{}{path}", p.url()))
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    };
+    for _ in 0..3 {
+        assert_eq!(get("/healthz"), "200");
+    }
+    assert_eq!(
+        get("/api/v1/containers/runs/run_0123456789abcdef0123456789abcdef"),
+        "404"
+    );
+    assert_eq!(
+        get("/api/v1/containers/runs/run_fedcba9876543210fedcba9876543210"),
+        "404"
+    );
+    assert_eq!(get("/no/such/path"), "404");
+    let out = Command::new("curl")
+        .args(["-s", &format!("{}/metrics", p.url())])
+        .output()
+        .unwrap();
+    let metrics = text(&out.stdout);
+    for line in [
+        r#"bus_api_http_requests_total{method="GET",route="/healthz",status="200"} 3"#,
+        r#"bus_api_http_requests_total{method="GET",route="/api/v1/containers/runs/{run_id}",status="404"} 2"#,
+        r#"bus_api_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"bus_api_http_request_seconds_count{route="/healthz"} 3"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("run_0123456789abcdef"),
+        "never a raw path"
     );
 }
 
