@@ -7,7 +7,7 @@
 //!   through the REST API and through the CLI (`bus containers run`),
 //!   cold (an explicit-image run) and pooled (a profile run);
 //! - REST status throughput (`GET /status`, JWT checked on every request)
-//!   under a loopback load generator;
+//!   under a loopback load generator, beside `/healthz` of the same server;
 //! - N concurrent runs: successes, p50/p99, and the stack's peak RSS.
 //!
 //! Results print as markdown tables (ratios against the baseline) and,
@@ -251,11 +251,21 @@ async fn measure(args: &E2eBenchArgs, stack: &Stack, idle: &str) -> Result<(), F
         ratio("CLI, cold")
     );
 
-    // REST status throughput, every request's JWT checked.
-    let status = status_throughput(&http, stack, args.status_requests, 64).await?;
+    // REST status throughput, every request's JWT checked, beside the
+    // same server's /healthz (no token, no state) measured the same way.
+    let probe = throughput(&http, stack, "/healthz", false, args.status_requests, 64).await?;
+    let status = throughput(
+        &http,
+        stack,
+        "/api/v1/containers/status",
+        true,
+        args.status_requests,
+        64,
+    )
+    .await?;
     print_table(
-        "GET /status, 64 in flight (JWT checked per request)",
-        std::slice::from_ref(&status),
+        "GET /status, 64 in flight (JWT checked per request; baseline: /healthz of the same server)",
+        &[probe.clone(), status.clone()],
     );
 
     // Many runs at once.
@@ -303,7 +313,8 @@ async fn measure(args: &E2eBenchArgs, stack: &Stack, idle: &str) -> Result<(), F
         }
         concurrent = json!({"runs": args.concurrent, "succeeded": ok.len(), "wall_s": wall.as_secs_f64(), "p50_us": s.p50_us, "p99_us": s.p99_us, "peak_rss_mib": rss});
     }
-    let all = json!({"latency": rows, "status": status, "concurrent": concurrent});
+    let all =
+        json!({"latency": rows, "status": status, "healthz": probe, "concurrent": concurrent});
     let text = serde_json::to_string_pretty(&all).unwrap_or_default();
     if args.json {
         println!("{text}");
@@ -314,23 +325,29 @@ async fn measure(args: &E2eBenchArgs, stack: &Stack, idle: &str) -> Result<(), F
     Ok(())
 }
 
-async fn status_throughput(
+/// Requests per second of `GET path` with `lanes` in flight (with the
+/// stack's token when `auth`).
+async fn throughput(
     http: &awc::Client,
     stack: &Stack,
+    path: &str,
+    auth: bool,
     requests: usize,
     lanes: usize,
 ) -> Result<Summary, Failure> {
-    let url = format!("{}/api/v1/containers/status", stack.url);
+    let url = format!("{}{path}", stack.url);
     let one = || async {
         let t0 = Instant::now();
-        let resp = http
-            .get(&url)
-            .bearer_auth(&stack.token)
+        let mut req = http.get(&url);
+        if auth {
+            req = req.bearer_auth(&stack.token);
+        }
+        let resp = req
             .send()
             .await
-            .map_err(|e| Failure::error(format!("GET /status: {e}")))?;
+            .map_err(|e| Failure::error(format!("GET {path}: {e}")))?;
         if !resp.status().is_success() {
-            return Err(Failure::error(format!("GET /status: {}", resp.status())));
+            return Err(Failure::error(format!("GET {path}: {}", resp.status())));
         }
         Ok::<Duration, Failure>(t0.elapsed())
     };
@@ -353,5 +370,10 @@ async fn status_throughput(
         samples.extend(lane?);
     }
     let rate = samples.len() as f64 / wall.as_secs_f64();
-    Ok(Summary::new("GET /status", samples, rate))
+    let name = if auth {
+        format!("GET {path}")
+    } else {
+        format!("GET {path} (baseline)")
+    };
+    Ok(Summary::new(&name, samples, rate))
 }
