@@ -58,8 +58,8 @@ pub fn start_events(
         App::new()
             .wrap(from_fn(super::limits::head))
             .app_data(recent.clone())
-            .configure(|cfg| events::configure(cfg, api))
             .configure(|cfg| probes::configure(cfg, probes))
+            .configure(|cfg| events::configure(cfg, api))
             .default_service(web::to(no_route))
     })
     .on_connect(super::peer::remember)
@@ -116,8 +116,10 @@ pub fn start_containers(
                     Ok(res)
                 }
             })
-            .configure(|cfg| super::containers::configure(cfg, api))
+            // The probes first: a fixed path matches before the API's
+            // patterns are tried (each a regex).
             .configure(|cfg| probes::configure(cfg, probes))
+            .configure(|cfg| super::containers::configure(cfg, api))
             .default_service(web::to(no_route))
     })
     .on_connect(super::peer::remember)
