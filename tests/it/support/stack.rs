@@ -474,14 +474,9 @@ impl Stack {
 
     /// The newest run of the stack's account.
     pub async fn latest_run(&self) -> String {
-        let (_, _, v) = call(
-            "GET",
-            &format!("{}/api/v1/containers/runs?limit=1", self.api_url()),
-            Some(&self.token),
-            None,
-        )
-        .await;
-        v["items"][0]["run_id"].as_str().expect("a run").to_owned()
+        let mut ids = self.latest_runs(1).await;
+        assert!(!ids.is_empty(), "a run");
+        ids.swap_remove(0)
     }
 
     /// `GET /readyz` of the API.
